@@ -1,0 +1,50 @@
+# robust-ft: `make demo` sets everything up and runs the main job; `make test` runs the suite.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+ARCH := $(shell uname -m)
+# torch wheels that match torchvision on this platform (CPU runs fine with either build).
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+DATA_DIR ?= data
+export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
+export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
+
+.PHONY: setup data demo test test-fast lint format bench report clean
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+data: setup
+	$(BIN)/python -m robust_ft.data.fetch --root $(DATA_DIR)
+
+demo: setup data
+	$(BIN)/python -m robust_ft demo --config conf/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check robust_ft tests benchmarks
+	$(BIN)/ruff format --check robust_ft tests benchmarks
+
+format: setup
+	$(BIN)/ruff format robust_ft tests benchmarks
+	$(BIN)/ruff check --fix robust_ft tests benchmarks
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,353 @@
+"""Command line: LightningCLI (`fit|validate|test`) tracked in MLflow, plus robust-ft's own commands."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from robust_ft.data.datamodules import DistortedDataModule
+from robust_ft.models.classifier import ImageClassifier, method_name
+
+# robust-ft's own commands: name -> "module:function(argv)"; everything else goes to LightningCLI.
+COMMANDS = {
+    "demo": (
+        "robust_ft.pipeline:demo_main",
+        "the main job: pre-train, evaluate, fine-tune, re-train",
+    ),
+    "show-distortions": ("robust_ft.pipeline:show_distortions_main", "render the paper's Fig. 3/4"),
+}
+LIGHTNING_COMMANDS = {
+    "fit": "train (then test) one run, e.g. fit --config conf/lenet5_mnist.yaml",
+    "validate": "validation error of a model",
+    "test": "test errors of a model on the test grid (no training: the paper's no-train)",
+}
+
+
+@dataclass
+class Tracking:
+    """Where and how the run is tracked in MLflow."""
+
+    experiment: str | None = None
+    """experiment name (default ``<arch>-<dataset>``)"""
+    run_name: str | None = None
+    run_id: str | None = None
+    """log into this existing run (default: ``MLFLOW_RUN_ID`` under ``mlflow run``)"""
+    parent_run_id: str | None = None
+    """make the run a nested child of this one (sweeps, studies, the demo)"""
+    method: str | None = None
+    """the ``method`` tag (default: derived from first_n and the distortion)"""
+    tags: dict[str, str] = field(default_factory=dict)
+    log_model: bool = True
+    """log the network with ``mlflow.pytorch.log_model`` at the end"""
+    checkpoint_dir: str = "outputs/checkpoints"
+    test_after_fit: bool = True
+    """``fit`` then tests the best checkpoint on the test grid, in the same run"""
+
+
+class MlflowConfig(SaveConfigCallback):
+    """Logs the resolved config (flattened params + ``config.yaml``), environment and tags."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        import yaml
+
+        from robust_ft.tracking import RunLogger, environment_params, flatten
+
+        logger = trainer.logger
+        if not isinstance(logger, RunLogger):
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        cfg = yaml.safe_load(text)
+        cfg.pop("config", None)
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.")}
+        dm = trainer.datamodule
+        if isinstance(dm, DistortedDataModule) and dm.kind is not None:
+            params["data.pipeline"] = json.dumps(dm.pipeline_dict(), sort_keys=True)
+        logger.log_hyperparams({**params, **environment_params()})
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "config.yaml"
+            p.write_text(text)
+            logger.log_artifact(p)
+
+
+class RobustCLI(LightningCLI):
+    """LightningCLI for robust-ft: one MLflow run per invocation, test after fit, artifacts."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("model_class", ImageClassifier)
+        kwargs.setdefault("datamodule_class", DistortedDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", MlflowConfig)
+        kwargs.setdefault("save_config_kwargs", {"save_to_log_dir": False})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        self.run_logger = None
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as e:
+            # No run is left RUNNING: an interrupt marks it KILLED, any other error FAILED.
+            if self.run_logger is not None and self.run_logger._initialized:
+                status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+                self.run_logger.close(status, error=f"{type(e).__name__}: {e}")
+            raise
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(Tracking, "tracking")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
+
+    # ----------------------------------------------------------------- before instantiation
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``model.init_from`` (run id, runs:/, latest) to a local checkpoint file."""
+        from robust_ft.tracking import check_reachable, default_tracking_uri, resolve_checkpoint
+
+        cfg = self._cfg()
+        check_reachable(default_tracking_uri())
+        ref = cfg.model.init_from
+        self.init_run_id = None
+        if ref:
+            path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name())
+            cfg.model.init_from = str(path)
+        ft = cfg.model.finetune
+        first_n = cfg.model.first_n
+        if ft is not None and ft.max_epochs and first_n and self.subcommand == "fit":
+            from robust_ft.models import build
+
+            n = len(build(cfg.model.arch, num_classes=2).param_layers())
+            if first_n < n:
+                cfg.trainer.max_epochs = ft.max_epochs
+
+    def experiment_name(self) -> str:
+        cfg = self._cfg()
+        if cfg.tracking.experiment:
+            return cfg.tracking.experiment
+        data_cls = _import(cfg.data.class_path)
+        return f"{cfg.model.arch}-{data_cls.dataset_name}"
+
+    # ----------------------------------------------------------------- trainer with tracking
+    def instantiate_trainer(self, **kwargs: Any):
+        from robust_ft.tracking import RunLogger, default_tracking_uri
+
+        cfg = self._cfg()
+        tr: Tracking = cfg.tracking
+        dm: DistortedDataModule = self.datamodule
+        model: ImageClassifier = self.model
+        if tuple(model.net.input_shape) != tuple(dm.image_shape):
+            raise ValueError(
+                f"{cfg.model.arch} expects images of shape {tuple(model.net.input_shape)} (C,H,W) "
+                f"but {dm.dataset_name} gives {tuple(dm.image_shape)}; pick a matching "
+                "model and dataset config (see conf/)"
+            )
+        if self.subcommand == "fit":
+            method = tr.method or method_name(cfg.model.first_n, model.n_layers, dm.kind is None)
+        else:
+            method = tr.method or "notrain"
+        level = dm.distortion.level if dm.kind else 0
+        tags = {
+            "method": method,
+            "distortion": dm.kind or "clean",
+            "level": str(level),
+            "first_n": str(cfg.model.first_n if cfg.model.first_n is not None else model.n_layers),
+            "model": cfg.model.arch,
+            "dataset": dm.dataset_name,
+            "seed": str(cfg.seed_everything),
+            "stage": self.subcommand,
+            **(tr.tags or {}),
+        }
+        if self.init_run_id:
+            tags["init_from_run"] = self.init_run_id
+        run_id = tr.run_id
+        if run_id is None and not tr.parent_run_id:
+            run_id = os.environ.get("MLFLOW_RUN_ID")
+        self.run_logger = RunLogger(
+            experiment_name=self.experiment_name(),
+            run_name=tr.run_name or f"{method}-{tags['distortion']}-L{level}",
+            tracking_uri=default_tracking_uri(),
+            tags=tags,
+            run_id=run_id,
+            parent_run_id=tr.parent_run_id,
+        )
+        if run_id:  # an existing run (mlflow run, resume) gets the tags too
+            for k, v in tags.items():
+                self.run_logger.experiment.set_tag(run_id, k, v)
+        callbacks = []
+        if self.subcommand == "fit":
+            monitor = "val/err" if dm.val_split else None
+            self.checkpoint = ModelCheckpoint(
+                dirpath=str(Path(tr.checkpoint_dir) / self.run_logger.run_id),
+                filename="best",
+                monitor=monitor,
+                mode="min",
+                save_last=True,
+            )
+            callbacks.append(self.checkpoint)
+        try:
+            from robust_ft.callbacks.grad_stats import GradientVarianceCallback
+
+            callbacks.append(GradientVarianceCallback())
+        except ImportError:  # pragma: no cover - analysis is optional
+            pass
+        extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        kwargs["callbacks"] = list(extra) + callbacks
+        kwargs["logger"] = self.run_logger
+        return super().instantiate_trainer(**kwargs)
+
+    # ----------------------------------------------------------------- after the subcommand
+    def after_fit(self) -> None:
+        cfg = self._cfg()
+        trainer = self.trainer
+        if trainer.interrupted:
+            return
+        if cfg.tracking.test_after_fit and not trainer.fast_dev_run:
+            best = self.checkpoint.best_model_path or self.checkpoint.last_model_path
+            if best:
+                from robust_ft.checkpoints import load_net_weights
+
+                load_net_weights(self.model.net, best)
+            trainer.test(self.model, datamodule=self.datamodule)
+        elif trainer.fast_dev_run:
+            trainer.test(self.model, datamodule=self.datamodule)
+        self._finish(log_checkpoints=True)
+
+    def after_test(self) -> None:
+        self._finish()
+
+    def after_validate(self) -> None:
+        self._finish()
+
+    def _finish(self, log_checkpoints: bool = False) -> None:
+        """Log checkpoints and the model, then mark the run FINISHED (rank 0)."""
+        if self.run_logger is None or not self.trainer.is_global_zero:
+            return
+        logger = self.run_logger
+        if log_checkpoints:
+            for path in {self.checkpoint.best_model_path, self.checkpoint.last_model_path}:
+                if path and Path(path).exists():
+                    logger.log_artifact(path, "checkpoints")
+        if self._cfg().tracking.log_model and not self.trainer.fast_dev_run:
+            log_network(logger, self.model.net)
+        logger.close("FINISHED")
+
+
+def log_network(logger, net) -> None:
+    """Log the network with MLflow's PyTorch flavour (explicit requirements: no slow inference)."""
+    import mlflow
+    import torch
+
+    example = torch.zeros(1, *net.input_shape).numpy()
+    with _active(logger):
+        mlflow.pytorch.log_model(
+            net.cpu().eval(),
+            name="model",
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+
+class _active:
+    """Make the logger's run the active MLflow run for fluent-API calls, then restore."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def __enter__(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.logger._tracking_uri)
+        self._prev = mlflow.active_run()
+        if self._prev is not None and self._prev.info.run_id == self.logger.run_id:
+            self._own = False
+            return self._prev
+        self._own = True
+        mlflow.start_run(run_id=self.logger.run_id, nested=self._prev is not None)
+        return mlflow.active_run()
+
+    def __exit__(self, *exc):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        if self._own:
+            # end_run would mark the run FINISHED; keep its status as the logger decides.
+            status = MlflowClient(self.logger._tracking_uri).get_run(self.logger.run_id).info.status
+            mlflow.end_run(status)
+        return False
+
+
+def _import(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# ----------------------------------------------------------------- entry points
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from robust_ft.tracking import TrackingError
+
+    return (*USER_ERRORS, TrackingError)
+
+
+@dataclass
+class RunResult:
+    """What one tracked run produced."""
+
+    run_id: str | None
+    metrics: dict[str, float]
+
+
+def run_cli(args: list[str]) -> RunResult:
+    """Run one LightningCLI invocation in-process and return its run id and final metrics."""
+    cli = RobustCLI(args=args)
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
+    run_id = cli.run_logger.run_id if cli.run_logger is not None else None
+    return RunResult(run_id, metrics)
+
+
+def _usage() -> str:
+    lines = [
+        "usage: robust-ft COMMAND [options]   (python -m robust_ft COMMAND ...)",
+        "",
+        "commands:",
+    ]
+    for name, desc in LIGHTNING_COMMANDS.items():
+        lines.append(f"  {name:18s} {desc}")
+    for name, (_, desc) in COMMANDS.items():
+        lines.append(f"  {name:18s} {desc}")
+    lines.append("\n`robust-ft COMMAND --help` lists a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``robust-ft``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    try:
+        if argv[0] in COMMANDS:
+            fn = _import(COMMANDS[argv[0]][0].replace(":", "."))
+            fn(argv[1:])
+        elif argv[0] in LIGHTNING_COMMANDS:
+            sys.argv = sys.argv[:1]  # LightningCLI reads args=, not the process's argv
+            RobustCLI(args=argv)
+        else:
+            print(f"error: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+            sys.exit(2)
+    except _user_errors() as e:
+        if os.environ.get("ROBUST_FT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,502 @@
+"""Lightning DataModules: clean or distorted splits of MNIST, Fashion-MNIST, CIFAR-10, ImageFolder.
+
+Images stay uint8 in memory (N,C,H,W); batches are cut by fancy indexing (no per-sample Python)
+and normalised on the device in ``on_after_batch_transfer``. A distorted split is generated once
+by the batched torch path, deterministically from (dataset, split, kind, level, seed), and cached
+on disk as a uint8 ``.npy``; ``cache=False`` applies the Albumentations pipeline online instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from robust_ft.data import sources
+from robust_ft.data.sources import DatasetInfo, DatasetNotFoundError
+
+
+@dataclass
+class Distortion:
+    """A distortion setting: kind (motion|defocus|noise|combined, or None for clean) and level.
+
+    ``level`` is a number in [0, 4] (every image at that level) or ``"U(a,b)"`` (each image draws
+    its own level uniformly, the ImageNet protocol of the paper's Table 1).
+    """
+
+    kind: str | None = None
+    level: float | str = 0.0
+
+
+def _validated(kind: str | None, level: float | str) -> tuple[str | None, float | tuple]:
+    """Check a (kind, level) pair against the distortion registry; clean when kind is None."""
+    from robust_ft.data.distortions import KINDS, parse_level
+
+    if kind in (None, "", "none", "clean"):
+        return None, 0.0
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown distortion kind {kind!r}; accepted: {', '.join(KINDS)} (or none for clean)"
+        )
+    return kind, parse_level(level)
+
+
+def distortion_tag(kind: str | None, level: float | tuple) -> str:
+    """The name of a (kind, level) test set in metric names: ``defocus/L2``, ``clean/L0``."""
+    from robust_ft.data.distortions import level_tag
+
+    return f"{kind or 'clean'}/{level_tag(level if kind else 0.0)}"
+
+
+def _is_identity(kind: str | None, level: float | tuple) -> bool:
+    return kind is None or (not isinstance(level, tuple) and float(level) == 0.0)
+
+
+class _BatchTensorDataset(Dataset):
+    """uint8 images (N,C,H,W) and labels, indexed by a whole list of indices at once."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx)
+        return self.images[idx], self.labels[idx]
+
+
+class _Batches(BatchSampler):
+    """A BatchSampler that forwards ``set_epoch`` so DDP reshuffles every epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+class _OnlineDistortionDataset(Dataset):
+    """Per-sample Albumentations pipeline, applied afresh every epoch (``cache=False``)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pipeline):
+        self.images, self.labels, self.pipeline = images, labels, pipeline
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.pipeline(image=np.asarray(self.images[i]))["image"]
+        img = torch.from_numpy(np.ascontiguousarray(img))
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
+        return img, torch.as_tensor(self.labels[i])
+
+
+class DistortedDataModule(L.LightningDataModule):
+    """Base class: subclasses say where the raw uint8 images come from (``load_split``)."""
+
+    dataset_name: ClassVar[str] = ""
+    info: DatasetInfo
+
+    def __init__(
+        self,
+        root: str = "data",
+        distortion: Distortion | None = None,
+        test_kinds: list[str] | None = None,
+        test_levels: list[float] | None = None,
+        train_subset: int | None = None,
+        test_subset: int | None = None,
+        val_split: float = 0.1,
+        seed: int = 0,
+        batch_size: int = 100,
+        num_workers: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        download: bool = False,
+    ):
+        """Clean or distorted train/val/test splits.
+
+        Args:
+            root: directory that holds (or receives) the raw dataset.
+            distortion: what train, val and (by default) test images get.
+            test_kinds: kinds to test on (``clean`` allowed); with ``test_levels`` the test sets
+                are their product. Default: the training distortion only.
+            test_levels: levels of the test grid, e.g. ``[0, 1, 2, 3, 4]``.
+            train_subset: keep only this many training images (after the validation hold-out).
+            test_subset: keep only this many test images.
+            val_split: fraction (<1) or number (>=1) of training images held out for validation.
+            seed: seeds the split, the subset and the distortions.
+            batch_size: images per batch.
+            num_workers: DataLoader workers (0 is fastest for in-memory data).
+            cache: materialise distorted splits once on disk (else distort online every epoch).
+            cache_dir: where cached splits live (default ``<root>/cache``).
+            download: allow a network download of the dataset when it is missing.
+        """
+        super().__init__()
+        self.root = Path(root)
+        self.distortion = distortion or Distortion()
+        self.kind, self.level = _validated(self.distortion.kind, self.distortion.level)
+        if test_levels is not None and not test_kinds:
+            raise ValueError("test_levels needs test_kinds too, e.g. --data.test_kinds [defocus]")
+        if test_kinds:
+            levels = test_levels if test_levels is not None else [self.distortion.level]
+            pairs = [_validated(k, lv) for k in test_kinds for lv in levels]
+        else:
+            pairs = [(self.kind, self.level)]
+        self.test_sets = list(dict.fromkeys(pairs))
+        self.test_tags = [distortion_tag(k, lv) for k, lv in self.test_sets]
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1 (got {train_subset}); omit it for all")
+        if not (val_split >= 0) or (val_split >= 1 and val_split != int(val_split)):
+            raise ValueError(
+                f"val_split must be a fraction in [0,1) or a whole count (got {val_split})"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.train_subset, self.test_subset = train_subset, test_subset
+        self.val_split, self.seed = val_split, seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
+        self.download = download
+        self._data: dict[str, tuple] = {}
+
+    # ----------------------------------------------------------------- what subclasses provide
+    def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Raw uint8 images (N,H,W) or (N,H,W,C) and int64 labels of ``train`` or ``test``."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
+
+    # ----------------------------------------------------------------- splits
+    def _indices(self, n_train: int) -> dict[str, np.ndarray]:
+        perm = np.random.default_rng(self.seed).permutation(n_train)
+        n_val = int(round(self.val_split * n_train)) if self.val_split < 1 else int(self.val_split)
+        val, train = perm[:n_val], perm[n_val:]
+        if self.train_subset is not None:
+            train = train[: self.train_subset]
+        return {"train": np.sort(train), "val": np.sort(val)}
+
+    def _raw(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Clean images and labels of train/val/test (indices applied)."""
+        x, y = self.load_split("train")
+        idx = self._indices(len(y))
+        out = {s: (x[i], y[i]) for s, i in idx.items()}
+        xt, yt = self.load_split("test")
+        if self.test_subset is not None:
+            keep = np.sort(
+                np.random.default_rng(self.seed + 1).permutation(len(yt))[: self.test_subset]
+            )
+            xt, yt = xt[keep], yt[keep]
+        out["test"] = (xt, yt)
+        return out
+
+    def pipeline(self, kind: str | None = None, level=None):
+        """The Albumentations pipeline of a (kind, level), as applied to this data."""
+        from robust_ft.data.transforms import paper_pipeline
+
+        kind = self.kind if kind is None else kind
+        return paper_pipeline(kind, self.level if level is None else level)
+
+    def pipeline_dict(self) -> dict | None:
+        """``A.to_dict`` of the training pipeline (logged with the run config); None when clean."""
+        import albumentations as A
+
+        return None if self.kind is None else A.to_dict(self.pipeline())
+
+    def _distorted(self, split: str, images: np.ndarray, kind, level) -> np.ndarray:
+        """The split distorted at (kind, level): from the cache, or generated and cached."""
+        if _is_identity(kind, level):
+            return images
+        from robust_ft.data.cache import cache_path, load_or_create
+        from robust_ft.data.distortions import distort_array
+
+        digest = hashlib.sha256(
+            np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
+        )
+        key = dict(
+            dataset=self.dataset_name,
+            split=split,
+            kind=kind,
+            level=list(level) if isinstance(level, tuple) else float(level),
+            seed=self.seed,
+            n=len(images),
+            content=digest.hexdigest()[:16],
+            train_subset=self.train_subset,
+            val_split=self.val_split,
+        )
+        path = cache_path(self.cache_dir, **key)
+        seed = int(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8], 16)
+        return load_or_create(
+            path,
+            lambda: distort_array(images, kind, level, seed=seed),
+            expected_shape=images.shape,
+        )
+
+    def _split_sets(self, split: str) -> list[tuple[str | None, float | tuple]]:
+        return self.test_sets if split == "test" else [(self.kind, self.level)]
+
+    def prepare_data(self) -> None:
+        """Check (or download) the raw data and generate every distorted split once (rank 0)."""
+        raw = self._raw()
+        if self.cache:
+            for split, (x, _) in raw.items():
+                for kind, level in self._split_sets(split):
+                    self._distorted(split, x, kind, level)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._data:
+            return
+        raw = self._raw()
+        for split, (x, y) in raw.items():
+            labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
+            sets = []
+            for kind, level in self._split_sets(split):
+                if self.cache or _is_identity(kind, level):
+                    imgs = _to_nchw(self._distorted(split, x, kind, level))
+                    sets.append(_BatchTensorDataset(imgs, labels))
+                else:
+                    sets.append(_OnlineDistortionDataset(x, y, self.pipeline(kind, level)))
+            self._data[split] = sets
+        shape = tuple(self._data["test"][0][0][0].shape[-3:]) if len(raw["test"][1]) else None
+        if shape is not None and shape != self.image_shape:
+            raise ValueError(
+                f"{self.dataset_name} images have shape {shape} (C,H,W) but {self.image_shape} "
+                "was expected; check the dataset directory"
+            )
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        if isinstance(ds, _BatchTensorDataset):
+            if world > 1:
+                from torch.utils.data.distributed import DistributedSampler
+
+                sampler = DistributedSampler(
+                    ds,
+                    num_replicas=world,
+                    rank=trainer.global_rank,
+                    shuffle=shuffle,
+                    seed=self.seed,
+                )
+            elif shuffle:
+                gen = torch.Generator().manual_seed(self.seed)
+                sampler = RandomSampler(ds, generator=gen)
+            else:
+                sampler = SequentialSampler(ds)
+            batches = _Batches(sampler, self.batch_size, drop_last=False)
+            return DataLoader(ds, sampler=batches, batch_size=None, num_workers=self.num_workers)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._data["train"][0], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._data["val"][0], shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, shuffle=False) for ds in self._data["test"]]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 -> float, scaled to 0..1 and normalised with the dataset's mean/std, on device."""
+        x, y = batch
+        if x.dtype == torch.uint8:
+            mean = torch.tensor(self.info.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
+            x = (x.float().div_(255.0) - mean) / std
+        return x, y
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,C) -> contiguous uint8 tensor (N,C,H,W) in memory."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    return t.contiguous()
+
+
+class MNISTDataModule(DistortedDataModule):
+    """MNIST (LeNet-5's dataset): IDX files under ``<root>/MNIST/raw``."""
+
+    dataset_name = "mnist"
+    info = sources.INFO["mnist"]
+
+    def load_split(self, split):
+        return sources.load_idx_dataset(self.root, "MNIST", split, self.download)
+
+
+class FashionMNISTDataModule(DistortedDataModule):
+    """Fashion-MNIST: the offline default (Debian package dataset-fashion-mnist)."""
+
+    dataset_name = "fashion_mnist"
+    info = sources.INFO["fashion_mnist"]
+
+    def load_split(self, split):
+        return sources.load_idx_dataset(self.root, "FashionMNIST", split, self.download)
+
+
+class CIFAR10DataModule(DistortedDataModule):
+    """CIFAR-10 (CIFAR10-quick's dataset) via torchvision."""
+
+    dataset_name = "cifar10"
+    info = sources.INFO["cifar10"]
+
+    def load_split(self, split):
+        return sources.load_cifar10(self.root, split, self.download)
+
+
+class ImageFolderDataModule(DistortedDataModule):
+    """An ImageNet-layout tree ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``.
+
+    Images are decoded once (short side resized to ``resize``, centre crop ``crop``) into a
+    cached uint8 array; the paper's AlexNet protocol distorts them with ``level: U(0,4)``.
+    """
+
+    dataset_name = "imagefolder"
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+    def __init__(self, root: str = "data/imagenet", resize: int = 256, crop: int = 224, **kwargs):
+        super().__init__(root=root, **kwargs)
+        self.resize, self.crop = resize, crop
+        self.classes = self._classes()
+        base = sources.INFO["imagenet"]
+        self.info = DatasetInfo(len(self.classes), (3, crop, crop), base.mean, base.std)
+
+    def _split_dir(self, split: str) -> Path:
+        return self.root / ("val" if split == "test" else split)
+
+    def _classes(self) -> list[str]:
+        d = self._split_dir("train")
+        if not d.is_dir():
+            raise DatasetNotFoundError(
+                f"ImageFolder root {self.root} has no train/ directory; expected "
+                "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
+            )
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        if not classes:
+            raise DatasetNotFoundError(f"{d} has no class sub-directories")
+        return classes
+
+    def _files(self, split: str) -> list[tuple[Path, int]]:
+        d = self._split_dir(split)
+        if not d.is_dir():
+            raise DatasetNotFoundError(f"ImageFolder split directory {d} is missing")
+        out = []
+        for label, c in enumerate(self.classes):
+            for f in sorted((d / c).glob("*")) if (d / c).is_dir() else []:
+                if f.is_file():
+                    out.append((f, label))
+        return out
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        if path.suffix.lower() not in self.EXTENSIONS:
+            raise ValueError(
+                f"{path} is not an image file (extension {path.suffix!r}); ImageFolder accepts "
+                f"{', '.join(self.EXTENSIONS)} — move other files out of the dataset tree"
+            )
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = self.resize / min(w, h)
+                im = im.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))))
+                w, h = im.size
+                left, top = (w - self.crop) // 2, (h - self.crop) // 2
+                im = im.crop((left, top, left + self.crop, top + self.crop))
+                return np.asarray(im, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot decode image {path}: {e}; remove or replace the file") from e
+
+    def load_split(self, split):
+        from robust_ft.data.cache import cache_path, load_or_create
+
+        files = self._files(split)
+        if not files:
+            raise DatasetNotFoundError(f"no images found under {self._split_dir(split)}")
+        listing = json.dumps([(str(f), f.stat().st_size, y) for f, y in files])
+        path = cache_path(
+            self.cache_dir,
+            dataset="imagefolder-decoded",
+            split=split,
+            files=hashlib.sha256(listing.encode()).hexdigest(),
+            resize=self.resize,
+            crop=self.crop,
+        )
+        images = load_or_create(
+            path,
+            lambda: np.stack([self._decode(f) for f, _ in files]),
+            expected_shape=(len(files), self.crop, self.crop, 3),
+        )
+        return images, np.array([y for _, y in files], dtype=np.int64)
+
+
+class SyntheticDataModule(DistortedDataModule):
+    """Tiny learnable data made on the fly (class = a fixed random template + noise); for tests."""
+
+    dataset_name = "synthetic"
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        n_train: int = 256,
+        n_test: int = 128,
+        **kwargs,
+    ):
+        kwargs.setdefault("root", "data")
+        super().__init__(**kwargs)
+        c = image_shape[0]
+        self.info = DatasetInfo(num_classes, tuple(image_shape), (0.5,) * c, (0.25,) * c)
+        self.n = {"train": n_train, "test": n_test}
+
+    def load_split(self, split):
+        c, h, w = self.info.image_shape
+        rng = np.random.default_rng(12345)
+        templates = rng.uniform(40, 215, size=(self.info.num_classes, h, w, c))
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        y = rng.integers(0, self.info.num_classes, size=self.n[split])
+        x = templates[y] + rng.normal(0, 30, size=(len(y), h, w, c))
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+        return (x[..., 0] if c == 1 else x), y.astype(np.int64)
+
+
+DATAMODULES = {
+    "mnist": MNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+    "imagefolder": ImageFolderDataModule,
+    "synthetic": SyntheticDataModule,
+}
+
+
+__all__ = [
+    "DATAMODULES",
+    "CIFAR10DataModule",
+    "DatasetNotFoundError",
+    "Distortion",
+    "DistortedDataModule",
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "SyntheticDataModule",
+    "distortion_tag",
+]

@@ -1,0 +1,210 @@
+"""One LightningModule for all three paper models: SGD with the paper's schedules, error rates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from robust_ft.models import build
+
+
+def method_name(first_n: int | None, n_layers: int, clean: bool = False) -> str:
+    """The run's method tag: ``pretrain``, ``notrain``, ``first-N`` or ``retrain``."""
+    if first_n is None or first_n >= n_layers:
+        return "pretrain" if clean else "retrain"
+    return "notrain" if first_n == 0 else f"first-{first_n}"
+
+
+@dataclass
+class Schedule:
+    """An SGD learning-rate schedule (see ``ImageClassifier``); ``max_epochs`` sets the trainer's."""
+
+    lr: float = 1e-5
+    lr_schedule: Literal["constant", "step", "logspace"] = "constant"
+    lr_milestones: list[int] | None = None
+    lr_gamma: float = 0.1
+    lr_final: float | None = None
+    max_epochs: int | None = None
+
+
+class ImageClassifier(L.LightningModule):
+    """A paper CNN (``arch``) trained with SGD; logs ``train/loss``, ``val/err``, ``test/err/...``."""
+
+    def __init__(
+        self,
+        arch: str = "lenet5",
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_schedule: Literal["constant", "step", "logspace"] = "constant",
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.1,
+        lr_final: float | None = None,
+        first_n: int | None = None,
+        finetune: Schedule | None = None,
+        init_from: str | None = None,
+        pretrained: bool = False,
+    ):
+        """A classifier.
+
+        Args:
+            arch: network name (lenet5, cifar10_quick, alexnet).
+            num_classes: classes of the dataset (linked from the DataModule by the CLI).
+            lr: initial learning rate.
+            momentum: SGD momentum.
+            weight_decay: SGD weight decay.
+            lr_schedule: ``constant``; ``step`` (times ``lr_gamma`` at each of ``lr_milestones``
+                epochs: CIFAR10-quick); ``logspace`` (log-spaced per epoch from ``lr`` to
+                ``lr_final`` over ``max_epochs``: AlexNet).
+            lr_milestones: epochs at which the step schedule multiplies the rate by ``lr_gamma``.
+            lr_gamma: step factor.
+            lr_final: last epoch's rate of the logspace schedule.
+            first_n: train only the first N parameterised layers (0: evaluate only; None or all:
+                re-train); freezing is done by the FirstNFinetuning callback.
+            finetune: the schedule used instead of the one above when 0 < first_n < all layers
+                (the paper fine-tunes with other rates and epochs than it trains).
+            init_from: start from these weights: a checkpoint path, an MLflow run id,
+                ``runs:/<id>/<path>`` or ``latest`` (the newest clean pre-train of this model and
+                dataset) — the CLI resolves references to a local file.
+            pretrained: load published weights where the architecture has them (AlexNet).
+        """
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = build(arch, num_classes=num_classes)
+        n_layers = len(self.net.param_layers())
+        if first_n is not None and not 0 <= first_n <= n_layers:
+            raise ValueError(
+                f"first_n={first_n} is out of range for {arch}, which has {n_layers} "
+                f"parameterised layers ({', '.join(self.net.param_layer_names())}); use 0..{n_layers}"
+            )
+        sch = self.schedule
+        if sch.lr <= 0:
+            raise ValueError(f"learning rate must be > 0 (got {sch.lr})")
+        if sch.lr_schedule == "logspace" and not sch.lr_final:
+            raise ValueError("lr_schedule logspace needs lr_final, e.g. --model.lr_final 1e-10")
+        if pretrained:
+            self.net.load_pretrained()
+        if (
+            init_from
+            and not init_from.startswith(("latest", "runs:/"))
+            and not _is_run_id(init_from)
+        ):
+            from robust_ft.checkpoints import load_net_weights
+
+            load_net_weights(self.net, init_from)
+        self.top5 = num_classes > 10
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_metrics = torch.nn.ModuleList()
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.net.param_layers())
+
+    @property
+    def is_finetune(self) -> bool:
+        """True for a first-N fine-tune (0 < N < all layers)."""
+        first_n = self.hparams.first_n
+        return first_n is not None and 0 < first_n < len(self.net.param_layers())
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule in force: ``finetune`` for a first-N fine-tune when given, else the main one."""
+        hp = self.hparams
+        if self.is_finetune and hp.finetune is not None:
+            ft = hp.finetune
+            return ft if isinstance(ft, Schedule) else Schedule(**dict(ft))
+        return Schedule(hp.lr, hp.lr_schedule, hp.lr_milestones, hp.lr_gamma, hp.lr_final, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_callbacks(self):
+        """Freezing belongs to a callback; the module only says how many layers train."""
+        from robust_ft.callbacks.freeze import FirstNFinetuning
+
+        first_n = self.hparams.first_n
+        return [] if first_n is None else [FirstNFinetuning(first_n)]
+
+    # ----------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        self.log("val/err", 100.0 * (1.0 - self.val_acc.compute()), sync_dist=False)
+        self.val_acc.reset()
+
+    def _test_tags(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None)
+        n = len(self.trainer.test_dataloaders or [])
+        tags = list(getattr(dm, "test_tags", []) or [])
+        return tags if len(tags) == n else [f"dl{i}" for i in range(n)]
+
+    def on_test_start(self):
+        n_cls = self.hparams.num_classes
+        metrics = []
+        for _ in self._test_tags():
+            m = {"top1": MulticlassAccuracy(n_cls, average="micro")}
+            if self.top5:
+                m["top5"] = MulticlassAccuracy(n_cls, top_k=5, average="micro")
+            metrics.append(torch.nn.ModuleDict(m))
+        self.test_metrics = torch.nn.ModuleList(metrics).to(self.device)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y = batch
+        logits = self.net(x)
+        for m in self.test_metrics[dataloader_idx].values():
+            m.update(logits, y)
+
+    def on_test_epoch_end(self):
+        for tag, metrics in zip(self._test_tags(), self.test_metrics, strict=True):
+            for key, m in metrics.items():
+                name = "err" if key == "top1" else "err5"
+                err = 100.0 * (1.0 - m.compute())
+                self.log(f"test/{name}/{tag}", err, add_dataloader_idx=False)
+                m.reset()
+
+    # ----------------------------------------------------------------- optimisation
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of ``lr`` at an epoch under the configured schedule."""
+        s = self.schedule
+        if s.lr_schedule == "step":
+            return s.lr_gamma ** sum(epoch >= m for m in (s.lr_milestones or []))
+        if s.lr_schedule == "logspace":
+            last = max(1, (self.trainer.max_epochs or 1) - 1)
+            return (s.lr_final / s.lr) ** (min(epoch, last) / last)
+        return 1.0
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                "no trainable parameters (first_n=0 freezes everything): use `test`, not `fit`"
+            )
+        opt = torch.optim.SGD(
+            params,
+            lr=self.schedule.lr,
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def _is_run_id(ref: str) -> bool:
+    return len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)

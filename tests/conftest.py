@@ -1,0 +1,46 @@
+"""Shared fixtures: an isolated working directory with its own SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A temp working directory whose MLflow store is ``sqlite:///<tmp>/mlflow.db``."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+SYNTH = "robust_ft.data.datamodules.SyntheticDataModule"
+
+
+def synthetic_args(shape=(1, 28, 28), n_train=256, n_test=128, num_classes=10, batch=32):
+    """CLI flags that swap a config's dataset for tiny synthetic data of a model's input shape."""
+    return [
+        "--data.class_path", SYNTH,
+        "--data.init_args.image_shape", "[" + ",".join(map(str, shape)) + "]",
+        "--data.init_args.n_train", str(n_train),
+        "--data.init_args.n_test", str(n_test),
+        "--data.init_args.num_classes", str(num_classes),
+        "--data.init_args.batch_size", str(batch),
+        "--data.init_args.root", "data",
+    ]  # fmt: skip

@@ -1,0 +1,220 @@
+"""The CLI end to end on tiny synthetic data with a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, REPO, synthetic_args
+from mlflow.tracking import MlflowClient
+
+from robust_ft.checkpoints import read_state_dict
+from robust_ft.cli import run_cli
+
+SHAPES = {"lenet5": (1, 28, 28), "cifar10_quick": (3, 32, 32), "alexnet": (3, 224, 224)}
+MODEL_CONFIGS = sorted(
+    p
+    for p in CONF.glob("*_*.yaml")
+    if p.stem.split("_")[0] in SHAPES or p.stem.startswith("cifar10_quick")
+)
+
+
+def _arch(path: Path) -> str:
+    return next(a for a in SHAPES if path.stem.startswith(a))
+
+
+def test_every_model_config_is_covered():
+    assert {_arch(p) for p in MODEL_CONFIGS} == set(SHAPES)
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_every_model_config(workdir, config):
+    arch = _arch(config)
+    small = arch == "alexnet"
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        *synthetic_args(
+            SHAPES[arch], 8 if small else 64, 4 if small else 32, batch=2 if small else 16
+        ),
+    ]
+    args += [
+        "--trainer.fast_dev_run",
+        "true",
+        "--data.init_args.test_kinds",
+        "null",
+        "--data.init_args.test_levels",
+        "null",
+    ]
+    if arch == "alexnet":
+        args += ["--model.pretrained", "false", "--model.first_n", "3"]
+    res = run_cli(args)
+    assert res.run_id is not None
+    assert any(k.startswith("test/err/") for k in res.metrics), res.metrics
+
+
+@pytest.fixture
+def pretrained_ckpt(workdir):
+    """A 1-epoch clean pre-train of LeNet-5 on synthetic data, tracked."""
+    res = run_cli(
+        ["fit", "--config", str(CONF / "lenet5_mnist.yaml"), *synthetic_args(), "--trainer.max_epochs", "1",
+         "--model.lr", "0.05", "--tracking.log_model", "false"]
+    )  # fmt: skip
+    return res
+
+
+@pytest.mark.parametrize("overlay", ["finetune.yaml", "retrain.yaml", "demo.yaml"])
+def test_fast_dev_run_every_overlay(workdir, pretrained_ckpt, overlay):
+    args = [
+        "fit",
+        "--config",
+        str(CONF / "lenet5_mnist.yaml"),
+        "--config",
+        str(CONF / overlay),
+        *synthetic_args(),
+    ]
+    args += [
+        "--trainer.fast_dev_run",
+        "true",
+        "--data.init_args.distortion.kind",
+        "defocus",
+        "--data.init_args.distortion.level",
+        "1",
+    ]
+    res = run_cli(args)
+    run = MlflowClient().get_run(res.run_id)
+    expected = {"finetune.yaml": "first-3", "retrain.yaml": "retrain", "demo.yaml": "retrain"}[
+        overlay
+    ]
+    assert run.data.tags["method"] == expected
+    if overlay == "finetune.yaml":  # init_from: latest found the pre-train
+        assert run.data.tags["init_from_run"] == pretrained_ckpt.run_id
+
+
+def test_tracked_run_params_metrics_artifacts(workdir, pretrained_ckpt):
+    client = MlflowClient()
+    run = client.get_run(pretrained_ckpt.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "pretrain"
+    assert run.data.tags["distortion"] == "clean"
+    assert float(run.data.params["model.lr"]) == pytest.approx(0.05)
+    assert run.data.params["model.arch"] == "lenet5"
+    assert "env.torch" in run.data.params
+    for key in ("train/loss", "val/err", "test/err/clean/L0"):
+        assert key in run.data.metrics, key
+    assert 0.0 <= run.data.metrics["test/err/clean/L0"] <= 100.0
+    # synthetic classes are easy: one epoch must beat chance (90% error) by far
+    assert run.data.metrics["test/err/clean/L0"] < 50.0
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "lenet5-synthetic"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt"} <= names
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    local = client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", str(workdir))
+    state = read_state_dict(local)
+    assert state["conv1.weight"].shape == torch.Size([20, 1, 5, 5])
+
+
+def test_finetune_freezes_and_tests_distorted(workdir, pretrained_ckpt):
+    res = run_cli(
+        ["fit", "--config", str(CONF / "lenet5_mnist.yaml"), "--config", str(CONF / "finetune.yaml"), *synthetic_args(),
+         "--model.first_n", "2", "--model.init_from", pretrained_ckpt.run_id, "--model.finetune.max_epochs", "1",
+         "--data.init_args.distortion.kind", "motion", "--data.init_args.distortion.level", "2",
+         "--data.init_args.test_kinds", "[clean,motion]", "--data.init_args.test_levels", "[2]",
+         "--tracking.log_model", "false"]
+    )  # fmt: skip
+    client = MlflowClient()
+    run = client.get_run(res.run_id)
+    assert run.data.tags["method"] == "first-2"
+    assert {"test/err/clean/L0", "test/err/motion/L2"} <= set(run.data.metrics)
+    assert any(k.startswith("gradvar/") for k in run.data.metrics)
+    before = read_state_dict(
+        client.download_artifacts(
+            pretrained_ckpt.run_id, "checkpoints/best.ckpt", str(workdir / "a")
+        )
+    )
+    after = read_state_dict(
+        client.download_artifacts(res.run_id, "checkpoints/last.ckpt", str(workdir / "b"))
+    )
+    assert torch.equal(before["fc2.weight"], after["fc2.weight"])  # frozen (layer 4)
+    assert torch.equal(before["fc1.weight"], after["fc1.weight"])  # frozen (layer 3)
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])  # trained
+
+
+def _cli(args, cwd, **env):
+    e = {**os.environ, **env}
+    e.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run(
+        [sys.executable, "-m", "robust_ft", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bad_config_key_is_a_clear_error(workdir):
+    r = _cli(
+        ["fit", "--config", str(CONF / "lenet5_mnist.yaml"), "--model.no_such_key", "1"], workdir
+    )
+    assert r.returncode != 0
+    assert "no_such_key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_dataset_is_a_clear_error(workdir):
+    r = _cli(
+        [
+            "fit",
+            "--config",
+            str(CONF / "lenet5_mnist.yaml"),
+            "--data.init_args.root",
+            str(workdir / "nowhere"),
+        ],
+        workdir,
+    )
+    assert r.returncode == 2
+    assert "MNIST train split not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_help_lists_commands():
+    r = subprocess.run(
+        [sys.executable, "-m", "robust_ft", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0
+    for cmd in ("fit", "test", "demo", "show-distortions"):
+        assert cmd in r.stdout
+
+
+@pytest.mark.slow
+def test_mlflow_run_evaluate_entry_point(workdir, pretrained_ckpt):
+    ckpt = MlflowClient().download_artifacts(
+        pretrained_ckpt.run_id, "checkpoints/best.ckpt", str(workdir)
+    )
+    extra = (
+        " ".join(synthetic_args())
+        + f" --data.init_args.root {workdir}/data --tracking.log_model false"
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
+         "--experiment-name", "eval-test", "-P", "model=lenet5", "-P", "dataset=mnist", "-P", f"init_from={ckpt}",
+         "-P", "kinds=clean,noise", "-P", "levels=0,2", "-P", f"extra={extra}"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("eval-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1  # one run, not two
+    assert runs[0].info.status == "FINISHED"
+    assert {"test/err/clean/L0", "test/err/noise/L2"} <= set(runs[0].data.metrics)
+    assert runs[0].data.tags["method"] == "notrain"
