@@ -81,7 +81,9 @@ class MlflowConfig(SaveConfigCallback):
 class RobustCLI(LightningCLI):
     """LightningCLI for robust-ft: one MLflow run per invocation, test after fit, artifacts."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, extra_callbacks: list | None = None, **kwargs):
+        """``extra_callbacks`` are added to the trainer's (e.g. Optuna's pruning callback)."""
+        self.extra_callbacks = list(extra_callbacks or [])
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", DistortedDataModule)
         kwargs.setdefault("subclass_mode_data", True)
@@ -200,7 +202,7 @@ class RobustCLI(LightningCLI):
         except ImportError:  # pragma: no cover - analysis is optional
             pass
         extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        kwargs["callbacks"] = list(extra) + callbacks
+        kwargs["callbacks"] = list(extra) + callbacks + self.extra_callbacks
         kwargs["logger"] = self.run_logger
         return super().instantiate_trainer(**kwargs)
 
@@ -308,9 +310,9 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def run_cli(args: list[str]) -> RunResult:
+def run_cli(args: list[str], extra_callbacks: list | None = None) -> RunResult:
     """Run one LightningCLI invocation in-process and return its run id and final metrics."""
-    cli = RobustCLI(args=args)
+    cli = RobustCLI(args=args, extra_callbacks=extra_callbacks)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     run_id = cli.run_logger.run_id if cli.run_logger is not None else None
     return RunResult(run_id, metrics)
