@@ -327,7 +327,7 @@ class DistortedDataModule(L.LightningDataModule):
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 (N,H,W) or (N,H,W,C) -> contiguous uint8 tensor (N,C,H,W) in memory."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
+    t = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # off the read-only memmap
     t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
     return t.contiguous()
 
