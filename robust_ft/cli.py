@@ -24,6 +24,9 @@ COMMANDS = {
         "the main job: pre-train, evaluate, fine-tune, re-train",
     ),
     "show-distortions": ("robust_ft.pipeline:show_distortions_main", "render the paper's Fig. 3/4"),
+    "sweep": ("robust_ft.sweep:main", "the paper's grid as one resumable MLflow sweep"),
+    "report": ("robust_ft.report:main", "Fig. 6/7/8 and Table 1 analogs from MLflow runs"),
+    "tune": ("robust_ft.tune:main", "Optuna study of fine-tune learning rates"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train (then test) one run, e.g. fit --config conf/lenet5_mnist.yaml",
@@ -51,6 +54,8 @@ class Tracking:
     checkpoint_dir: str = "outputs/checkpoints"
     test_after_fit: bool = True
     """``fit`` then tests the best checkpoint on the test grid, in the same run"""
+    log_checkpoints: bool = True
+    """log the best and last checkpoints as artifacts after ``fit`` (off for tuning trials)"""
 
 
 class MlflowConfig(SaveConfigCallback):
@@ -221,7 +226,7 @@ class RobustCLI(LightningCLI):
             trainer.test(self.model, datamodule=self.datamodule)
         elif trainer.fast_dev_run:
             trainer.test(self.model, datamodule=self.datamodule)
-        self._finish(log_checkpoints=True)
+        self._finish(log_checkpoints=cfg.tracking.log_checkpoints)
 
     def after_test(self) -> None:
         self._finish()
@@ -332,9 +337,22 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def expand_args(argv: list[str]) -> list[str]:
+    """Split ``"--a 1 --b 2"`` given as one argument (MLproject's quoted ``extra``); drop empties."""
+    import shlex
+
+    out: list[str] = []
+    for a in argv:
+        if a.startswith("--") and any(c.isspace() for c in a):
+            out.extend(shlex.split(a))
+        elif a != "":
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``robust-ft``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = expand_args(sys.argv[1:] if argv is None else list(argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
