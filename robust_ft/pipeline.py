@@ -61,8 +61,8 @@ def demo_main(argv: list[str] | None = None) -> dict:
         "--data.init_args.root", a.root,
         *a.extra,
     ]  # fmt: skip
-    parent = _parent_run(f"{a.model}-{a.dataset}", "demo", vars(a))
-    nest = ["--tracking.parent_run_id", parent]
+    parent, experiment = parent_run(f"{a.model}-{a.dataset}", "demo", vars(a))
+    nest = ["--tracking.parent_run_id", parent, "--tracking.experiment", experiment]
     kinds = "[motion,defocus,noise,combined]"
     print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
     pre = run_cli(["fit", *common, *nest, "--data.init_args.test_kinds", "[clean]"])
@@ -133,18 +133,25 @@ def _fmt(v) -> str:
 
 
 def _parent_run(experiment: str, name: str, params: dict) -> str:
-    """The parent run of a pipeline: ``MLFLOW_RUN_ID`` under `mlflow run`, else a new one."""
+    """The parent run id of a pipeline (see ``parent_run``)."""
+    return parent_run(experiment, name, params)[0]
+
+
+def parent_run(experiment: str, name: str, params: dict) -> tuple[str, str]:
+    """The parent run of a pipeline and its experiment: `mlflow run`'s run, else a new one."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(default_tracking_uri())
     if os.environ.get("MLFLOW_RUN_ID"):
-        return os.environ["MLFLOW_RUN_ID"]
+        run = client.get_run(os.environ["MLFLOW_RUN_ID"])
+        client.set_tag(run.info.run_id, "pipeline", name)
+        return run.info.run_id, client.get_experiment(run.info.experiment_id).name
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(exp_id, run_name=name, tags={"method": "pipeline", "pipeline": name})
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:6000])
-    return run.info.run_id
+    return run.info.run_id, experiment
 
 
 def _close_parent(run_id: str) -> None:

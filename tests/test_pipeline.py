@@ -19,7 +19,7 @@ def test_demo_pipeline_nested_runs_and_tables(workdir, capsys):
     printed = capsys.readouterr().out
     assert set(out) == {"pretrain", "notrain", "first-1", "first-3", "retrain"}
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("lenet5-synthetic").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("lenet5-mnist").experiment_id])
     parents = [r for r in runs if r.data.tags.get("pipeline") == "demo"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
