@@ -17,7 +17,7 @@ from typing import ClassVar
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from robust_ft.data import sources
 from robust_ft.data.sources import DatasetInfo, DatasetNotFoundError
@@ -71,6 +71,26 @@ class _BatchTensorDataset(Dataset):
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx)
         return self.images[idx], self.labels[idx]
+
+
+class _EpochShuffle(torch.utils.data.Sampler):
+    """A permutation drawn from (seed, epoch): the same order for an epoch in any process.
+
+    So a run resumed from an epoch's checkpoint sees the batches an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 class _Batches(BatchSampler):
@@ -292,8 +312,7 @@ class DistortedDataModule(L.LightningDataModule):
                     seed=self.seed,
                 )
             elif shuffle:
-                gen = torch.Generator().manual_seed(self.seed)
-                sampler = RandomSampler(ds, generator=gen)
+                sampler = _EpochShuffle(len(ds), self.seed)
             else:
                 sampler = SequentialSampler(ds)
             batches = _Batches(sampler, self.batch_size, drop_last=False)
