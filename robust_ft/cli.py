@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from robust_ft.data.datamodules import DistortedDataModule
@@ -54,8 +55,27 @@ class Tracking:
     checkpoint_dir: str = "outputs/checkpoints"
     test_after_fit: bool = True
     """``fit`` then tests the best checkpoint on the test grid, in the same run"""
+    resume: str = "auto"
+    """``auto``: continue the newest FAILED/KILLED run of the same config from its last
+    checkpoint; ``never``; or an MLflow run id to continue"""
     log_checkpoints: bool = True
     """log the best and last checkpoints as artifacts after ``fit`` (off for tuning trials)"""
+
+
+class InterruptToKilled(Callback):
+    """SIGINT/SIGTERM: save ``interrupted.ckpt`` and end the MLflow run KILLED (not FAILED)."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        for logger in trainer.loggers:
+            logger.interrupted = True
+        trainer.save_checkpoint(str(Path(self.dirpath) / "interrupted.ckpt"))
 
 
 class MlflowConfig(SaveConfigCallback):
@@ -101,10 +121,15 @@ class RobustCLI(LightningCLI):
         try:
             super().__init__(*args, **kwargs)
         except BaseException as e:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
             # No run is left RUNNING: an interrupt marks it KILLED, any other error FAILED.
+            interrupted = isinstance(e, (KeyboardInterrupt, SIGTERMException))
             if self.run_logger is not None and self.run_logger._initialized:
-                status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+                status = "KILLED" if interrupted or self.run_logger.interrupted else "FAILED"
                 self.run_logger.close(status, error=f"{type(e).__name__}: {e}")
+            if isinstance(e, SIGTERMException):
+                raise SystemExit(128 + 15) from e  # Lightning's SIGTERMException exits 0
             raise
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -118,10 +143,18 @@ class RobustCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``model.init_from`` (run id, runs:/, latest) to a local checkpoint file."""
-        from robust_ft.tracking import check_reachable, default_tracking_uri, resolve_checkpoint
+        from robust_ft.tracking import (
+            check_reachable,
+            default_tracking_uri,
+            reap_dead_runs,
+            resolve_checkpoint,
+        )
 
         cfg = self._cfg()
         check_reachable(default_tracking_uri())
+        reap_dead_runs(self.experiment_name())
+        self.config_hash = self._config_hash(cfg)
+        self.resume_run_id, self.resume_ckpt = self._find_resume(cfg)
         ref = cfg.model.init_from
         self.init_run_id = None
         if ref:
@@ -136,6 +169,51 @@ class RobustCLI(LightningCLI):
             if first_n < n:
                 cfg.trainer.max_epochs = ft.max_epochs
 
+    def _config_hash(self, cfg) -> str:
+        """A digest of the resolved config minus tracking options: "the same command"."""
+        import hashlib
+
+        import yaml
+
+        d = yaml.safe_load(
+            self._parser(self.subcommand).dump(cfg, skip_none=False, skip_validation=True)
+        )
+        for key in ("tracking", "ckpt_path", "config", "weights_only"):
+            d.pop(key, None)
+        d["subcommand"] = self.subcommand
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _find_resume(self, cfg) -> tuple[str | None, str | None]:
+        """(run id, last checkpoint) of the run this fit continues, or (None, None)."""
+        from robust_ft.tracking import TrackingError, find_runs
+
+        mode = cfg.tracking.resume
+        if self.subcommand != "fit" or mode == "never" or cfg.get("ckpt_path"):
+            return None, None
+        if mode == "auto":
+            runs = find_runs(self.experiment_name(), f"tags.config_hash = '{self.config_hash}'")
+            if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
+                return None, None
+            run_id = runs[0].info.run_id
+        else:
+            run_id = mode
+        ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
+        if not ckpt.exists():
+            if mode == "auto":
+                return None, None
+            raise TrackingError(
+                f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
+                "directory that ran it, or pass --tracking.checkpoint_dir"
+            )
+        print(f"resuming MLflow run {run_id} from {ckpt}", file=sys.stderr)
+        return run_id, str(ckpt)
+
+    def fit(self, model, **kwargs) -> None:
+        """``trainer.fit`` from the resume checkpoint, loaded with ``weights_only=True``."""
+        kwargs["ckpt_path"] = kwargs.get("ckpt_path") or self.resume_ckpt
+        kwargs["weights_only"] = True
+        self.trainer.fit(model, **kwargs)
+
     def experiment_name(self) -> str:
         cfg = self._cfg()
         if cfg.tracking.experiment:
@@ -145,7 +223,7 @@ class RobustCLI(LightningCLI):
 
     # ----------------------------------------------------------------- trainer with tracking
     def instantiate_trainer(self, **kwargs: Any):
-        from robust_ft.tracking import RunLogger, default_tracking_uri
+        from robust_ft.tracking import RunLogger, default_tracking_uri, process_tags
 
         cfg = self._cfg()
         tr: Tracking = cfg.tracking
@@ -175,7 +253,8 @@ class RobustCLI(LightningCLI):
         }
         if self.init_run_id:
             tags["init_from_run"] = self.init_run_id
-        run_id = tr.run_id
+        tags.update(process_tags(), config_hash=self.config_hash)
+        run_id = tr.run_id or self.resume_run_id
         if run_id is None and not tr.parent_run_id:
             run_id = os.environ.get("MLFLOW_RUN_ID")
         self.run_logger = RunLogger(
@@ -187,19 +266,26 @@ class RobustCLI(LightningCLI):
             parent_run_id=tr.parent_run_id,
         )
         if run_id:  # an existing run (mlflow run, resume) gets the tags too
+            client = self.run_logger.experiment
             for k, v in tags.items():
-                self.run_logger.experiment.set_tag(run_id, k, v)
+                client.set_tag(run_id, k, v)
+            if self.resume_run_id:
+                client.update_run(run_id, status="RUNNING")
+                client.set_tag(run_id, "resumed_from", self.resume_ckpt)
         callbacks = []
         if self.subcommand == "fit":
             monitor = "val/err" if dm.val_split else None
+            # Only global rank 0 creates the MLflow run (DDP): other ranks get a placeholder here
+            # that ModelCheckpoint.setup replaces with rank 0's directory (a broadcast).
+            run_dir = run_id or (self.run_logger.run_id if launch_rank_zero() else "rank0")
             self.checkpoint = ModelCheckpoint(
-                dirpath=str(Path(tr.checkpoint_dir) / self.run_logger.run_id),
+                dirpath=str(Path(tr.checkpoint_dir) / run_dir),
                 filename="best",
                 monitor=monitor,
                 mode="min",
                 save_last=True,
             )
-            callbacks.append(self.checkpoint)
+            callbacks += [self.checkpoint, InterruptToKilled(self.checkpoint.dirpath)]
         try:
             from robust_ft.callbacks.grad_stats import GradientVarianceCallback
 
@@ -246,6 +332,19 @@ class RobustCLI(LightningCLI):
         if self._cfg().tracking.log_model and not self.trainer.fast_dev_run:
             log_network(logger, self.model.net)
         logger.close("FINISHED")
+
+
+def launch_rank_zero() -> bool:
+    """Whether this process becomes DDP global rank 0, known before the Trainer sets DDP up.
+
+    Ranks > 0 started by Lightning's launcher, torchrun or SLURM carry LOCAL_RANK / RANK /
+    SLURM_PROCID (read by ``rank_zero_only`` at import); the main process of another node carries
+    NODE_RANK (or torchrun's GROUP_RANK) > 0. Only rank 0 may create the MLflow run.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return getattr(rank_zero_only, "rank", 0) == 0 and int(node) == 0
 
 
 def log_network(logger, net) -> None:
@@ -361,7 +460,10 @@ def main(argv: list[str] | None = None) -> None:
             fn = _import(COMMANDS[argv[0]][0].replace(":", "."))
             fn(argv[1:])
         elif argv[0] in LIGHTNING_COMMANDS:
-            sys.argv = sys.argv[:1]  # LightningCLI reads args=, not the process's argv
+            # LightningCLI reads args=; sys.argv must still hold them: Lightning's DDP launcher
+            # starts ranks 1.. by re-running `sys.executable sys.argv`.
+            sys.argv = [sys.argv[0], *argv]
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             RobustCLI(args=argv)
         else:
             print(f"error: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,9 +122,11 @@ class RunLogger(MLFlowLogger):
             self.experiment.log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
             self._logged_params.update(fresh)
 
+    interrupted = False  # set by the interrupt callback: SIGINT/SIGTERM end the run KILLED
+
     def finalize(self, status: str = "success") -> None:
         if status != "success" and self._initialized:
-            self.close("KILLED" if status == "interrupted" else "FAILED")
+            self.close("KILLED" if self.interrupted or status == "interrupted" else "FAILED")
 
     def close(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the run with an MLflow status; ``error`` is kept as the ``error`` tag."""
@@ -135,6 +138,38 @@ class RunLogger(MLFlowLogger):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.experiment.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that tie a run to the process writing it (used to reap runs of dead processes)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(experiment: str, uri: str | None = None) -> list[str]:
+    """Mark FAILED the RUNNING runs of this host whose process is gone (e.g. SIGKILLed)."""
+    from mlflow.tracking import MlflowClient
+
+    host = socket.gethostname()
+    client = MlflowClient(uri or default_tracking_uri())
+    reaped = []
+    for run in find_runs(experiment, "attributes.status = 'RUNNING'", uri):
+        tags = run.data.tags
+        pid = tags.get("pid", "")
+        if tags.get("host") == host and pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "error", f"process {pid} died without ending the run")
+            client.set_terminated(run.info.run_id, "FAILED")
+            reaped.append(run.info.run_id)
+    return reaped
 
 
 def find_runs(experiment: str, filter_string: str = "", uri: str | None = None, max_results=1000):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import lightning as L
@@ -75,6 +75,8 @@ class ImageClassifier(L.LightningModule):
             pretrained: load published weights where the architecture has them (AlexNet).
         """
         super().__init__()
+        if isinstance(finetune, Schedule):  # plain types only: checkpoints load weights_only
+            finetune = asdict(finetune)
         self.save_hyperparameters(logger=False)
         self.net = build(arch, num_classes=num_classes)
         n_layers = len(self.net.param_layers())
