@@ -14,7 +14,7 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench report clean
+.PHONY: setup data demo test test-fast lint format bench bench-setup report clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -45,6 +45,16 @@ lint: setup
 format: setup
 	$(BIN)/ruff format robust_ft tests benchmarks
 	$(BIN)/ruff check --fix robust_ft tests benchmarks
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench-setup: $(BIN)/.bench-installed
+
+# Side-by-side throughput ratios, measured in one run; results in benchmarks/results/.
+bench: bench-setup
+	$(BIN)/python benchmarks/distortions.py --out benchmarks/results/distortions.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
