@@ -14,7 +14,7 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench bench-setup report clean
+.PHONY: setup data demo test test-fast lint format bench bench-setup report tune clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -45,6 +45,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff format robust_ft tests benchmarks
 	$(BIN)/ruff check --fix robust_ft tests benchmarks
+
+TRIALS ?= 20
+tune: setup data
+	$(BIN)/python -m robust_ft tune --model lenet5 --dataset fashion_mnist --kind defocus --level 2 --n-trials $(TRIALS) --trial-epochs 5 --then-finetune
 
 $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[bench]'
