@@ -59,6 +59,7 @@ bench-setup: $(BIN)/.bench-installed
 # Side-by-side throughput ratios, measured in one run; results in benchmarks/results/.
 bench: bench-setup
 	$(BIN)/python benchmarks/distortions.py --out benchmarks/results/distortions.json
+	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

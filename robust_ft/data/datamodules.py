@@ -269,6 +269,8 @@ class DistortedDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Check (or download) the raw data and generate every distorted split once (rank 0)."""
+        if self._data:  # already set up in this process (a second fit/test on the same module)
+            return
         raw = self._raw()
         if self.cache:
             for split, (x, _) in raw.items():
