@@ -416,7 +416,11 @@ class RunResult:
 
 def run_cli(args: list[str], extra_callbacks: list | None = None) -> RunResult:
     """Run one LightningCLI invocation in-process and return its run id and final metrics."""
-    cli = RobustCLI(args=args, extra_callbacks=extra_callbacks)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both are given
+    try:
+        cli = RobustCLI(args=args, extra_callbacks=extra_callbacks)
+    finally:
+        sys.argv = argv
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
     run_id = cli.run_logger.run_id if cli.run_logger is not None else None
     return RunResult(run_id, metrics)

@@ -34,6 +34,17 @@ def _levels_arg(values) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"
 
 
+def quiet_lightning() -> None:
+    """Keep a pipeline's output to its own progress lines: no per-run Lightning banners."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 def demo_main(argv: list[str] | None = None) -> dict:
     """Run the demo pipeline and print the error table."""
     p = argparse.ArgumentParser(prog="robust-ft demo", description=__doc__)
@@ -51,6 +62,7 @@ def demo_main(argv: list[str] | None = None) -> dict:
         "--extra", nargs=argparse.REMAINDER, default=[], help="more CLI flags for every run"
     )
     a = p.parse_args(argv)
+    quiet_lightning()
     uri = default_tracking_uri()
     check_reachable(uri)
     start = time.time()
