@@ -166,7 +166,7 @@ class RobustCLI(LightningCLI):
             from robust_ft.models import build
 
             n = len(build(cfg.model.arch, num_classes=2).param_layers())
-            if first_n < n:
+            if first_n < n or ref:
                 cfg.trainer.max_epochs = ft.max_epochs
 
     def _config_hash(self, cfg) -> str:
@@ -236,7 +236,9 @@ class RobustCLI(LightningCLI):
                 "model and dataset config (see conf/)"
             )
         if self.subcommand == "fit":
-            method = tr.method or method_name(cfg.model.first_n, model.n_layers, dm.kind is None)
+            method = tr.method or method_name(
+                cfg.model.first_n, model.n_layers, dm.kind is None, cfg.model.init_from
+            )
         else:
             method = tr.method or "notrain"
         level = dm.distortion.level if dm.kind else 0

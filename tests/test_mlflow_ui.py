@@ -1,0 +1,167 @@
+"""The MLflow UI shows a sweep's runs with their metrics: `mlflow server` + headless Chromium.
+
+Chromium is driven over the DevTools protocol (``--virtual-time-budget`` never returns on the
+MLflow UI, which keeps polling). The page is the sweep's saved view (experiment tag
+``mlflow.sharedViewState.<sweep_key>``, written by the sweep). By default the test runs a tiny
+synthetic sweep; ``ROBUST_FT_UI_STORE=<path to mlflow.db>`` points it at an existing store
+instead, and ``ROBUST_FT_UI_SCREENSHOT=<png>`` keeps the screenshot (docs/mlflow_ui.png is made
+with the Fashion-MNIST sweep's store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium() -> str:
+    """The Chromium binary; installed with apt-get when missing and root, else the test skips."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is missing and cannot be installed (not root or no apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            pytest.skip(f"cannot install chromium: {r.stderr[-500:]}")
+    return shutil.which("chromium") or pytest.skip("chromium still missing after apt-get")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "mlflow server exited"
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+async def _browse(chromium: str, url: str, expect: list[str], timeout: float) -> tuple[str, bytes]:
+    """Open ``url`` in headless Chromium, wait until ``expect`` is on the page; text and PNG."""
+    import aiohttp
+
+    profile = tempfile.mkdtemp()
+    proc = subprocess.Popen(
+        [chromium, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={profile}",
+         "--remote-debugging-port=0", "--window-size=1700,1000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port_file, deadline = Path(profile) / "DevToolsActivePort", time.time() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.time() < deadline, "chromium did not start"
+            await asyncio.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list").read())
+        ws_url = next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"]
+        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url, max_msg_size=0) as ws:
+            ids = iter(range(1, 1 << 30))
+
+            async def call(method: str, **params) -> dict:
+                n = next(ids)
+                await ws.send_json({"id": n, "method": method, "params": params})
+                while (msg := await ws.receive_json()).get("id") != n:
+                    pass
+                return msg.get("result", {})
+
+            async def js(expr: str):
+                r = await call("Runtime.evaluate", expression=expr, returnByValue=True)
+                return r.get("result", {}).get("value")
+
+            await call("Page.navigate", url=url)
+            text = ""
+            while time.time() < deadline and not all(e in text for e in expect):
+                await asyncio.sleep(1)
+                text = await js("document.body ? document.body.innerText : ''") or ""
+            # tidy the picture: hide the shared-view banner and the assistant panel
+            await js("for (const l of ['Hide banner', 'Close'])"
+                     " document.querySelector(`button[aria-label='${l}']`)?.click()")  # fmt: skip
+            await asyncio.sleep(1.5)
+            shot = await call("Page.captureScreenshot", format="png")
+            return text, base64.b64decode(shot["data"])
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """A SQLite store holding a sweep: ROBUST_FT_UI_STORE, else a tiny synthetic sweep."""
+    if os.environ.get("ROBUST_FT_UI_STORE"):
+        return Path(os.environ["ROBUST_FT_UI_STORE"]).resolve()
+    from robust_ft import sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    sweep.main(["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus", "--levels",
+                "0,2", "--first-n", "1", "--budget", "demo", "--name", "ui"])  # fmt: skip
+    return tmp_path / "mlflow.db"
+
+
+def test_experiment_page_lists_sweep_runs_with_metrics(store, tmp_path):
+    chromium = _chromium()
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{store}", "--host",
+         "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(f"{base}/health", 180, server)
+        client = MlflowClient(base)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        parent = client.search_runs(exps, "tags.sweep_role = 'parent'", max_results=1)[0]
+        key, exp_id = parent.data.tags["sweep_key"], parent.info.experiment_id
+        runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        runs = [r for r in runs if r.info.status == "FINISHED"]
+        assert runs
+        url = f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={key}"
+        names = sorted(r.info.run_name for r in runs)[:8]  # the view sorts by name: 1st screen
+        text, png = asyncio.run(_browse(chromium, url, [*names, "test/err/clean/L0"], 150))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    (tmp_path / "mlflow_ui.png").write_bytes(png)
+    if os.environ.get("ROBUST_FT_UI_SCREENSHOT"):
+        Path(os.environ["ROBUST_FT_UI_SCREENSHOT"]).write_bytes(png)
+    missing = [n for n in names if n not in text]
+    assert not missing, f"runs not listed: {missing}\n{text[:2000]}"
+    assert "test/err/clean/L0" in text
+    shown = [float(x) for x in re.findall(r"\d+\.\d+", text)]
+    for r in runs:
+        if r.info.run_name in names:
+            value = r.data.metrics["test/err/clean/L0"]
+            assert any(abs(value - x) < 0.01 for x in shown), (r.info.run_name, value)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000

@@ -1,0 +1,222 @@
+"""The sweep: cells, budgets and keys; a tiny grid end to end; kill and resume; its report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from robust_ft import sweep
+from robust_ft.sweep import BUDGETS, PRESETS, Cell, cell_args, cells_of, parse_args, schedule
+
+# A tiny grid on synthetic data: pretrain, first-1/clean, and per kind notrain, first-1, retrain.
+TINY = [
+    "--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus,noise", "--levels", "0,2",
+    "--first-n", "1", "--budget", "demo", "--name", "tiny",
+]  # fmt: skip
+TINY_CELLS = {
+    "pretrain/clean/L0", "first-1/clean/L0",
+    *(f"{m}/{k}/L2" for m in ("notrain", "first-1", "retrain") for k in ("defocus", "noise")),
+}  # fmt: skip
+
+
+def _cell_suffix(key: str) -> str:
+    return key.split("/", 3)[3]
+
+
+def _children(client: MlflowClient, experiment: str = "lenet5-synthetic") -> list:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("sweep_role") != "parent"]
+
+
+# ----------------------------------------------------------------- grid, budgets, keys
+def test_paper_grid_cells():
+    cells = cells_of(PRESETS["fashion_mnist"], seed=0)
+    keys = [c.key for c in cells]
+    assert len(keys) == len(set(keys)) == 1 + 16 + 4 + 64 + 16
+    assert cells[0].method == "pretrain"
+    level0 = [c for c in cells if c.level == "0"]  # shared across kinds
+    assert {c.method for c in level0} == {"pretrain", "first-1", "first-2", "first-3", "first-4"}
+    assert all(c.kind == "clean" for c in level0)
+    table1 = cells_of(PRESETS["imagenet"], seed=0)  # no pre-train: the published weights
+    assert [c.key for c in table1] == [
+        "alexnet/imagenet/s0/notrain/combined/LU0-4",
+        "alexnet/imagenet/s0/first-3/combined/LU0-4",
+    ]
+
+
+def test_sweep_key_normalises_arguments():
+    a, _ = parse_args([*TINY])
+    b, _ = parse_args([*TINY[:3], "--kinds", "noise,defocus", "--levels", "2,0.0", *TINY[7:]])
+    c, _ = parse_args([*TINY[:-2], "--name", "other"])
+    d, _ = parse_args([*TINY[:9], "--budget", "quick"])
+    assert a.key == b.key == c.key != d.key
+    assert len(a.cells()) == len(TINY_CELLS)
+    assert {_cell_suffix(x.key) for x in a.cells()} == TINY_CELLS
+
+
+def test_levels_and_presets_from_the_command_line():
+    sw, _ = parse_args(["--preset", "imagenet", "--dry-run"])
+    assert sw.grid.levels == ("U(0,4)",) and sw.grid.first_n == (3,) and not sw.grid.retrain
+    sw, _ = parse_args(["--level-step", "0.5"])
+    assert sw.grid.levels == tuple(f"{x / 2:g}" for x in range(9))
+    with pytest.raises(ValueError, match="unknown distortion"):
+        parse_args(["--kinds", "blur"])
+    with pytest.raises(ValueError, match="first-n"):
+        parse_args(["--first-n", "5"])
+
+
+def test_budgets_scale_the_config_schedules():
+    lenet = parse_args(["--preset", "mnist"])[0].cfg
+    paper, demo = BUDGETS["paper"], BUDGETS["demo"]
+    assert {"lr": 1e-3, "max_epochs": 20}.items() <= schedule(lenet, paper, False).items()
+    assert {"lr": 1e-5, "max_epochs": 15}.items() <= schedule(lenet, paper, True).items()
+    assert schedule(lenet, demo, False)["max_epochs"] == 2
+    assert schedule(lenet, demo, False)["lr"] == pytest.approx(1e-2)  # as conf/demo.yaml
+    assert schedule(lenet, demo, True)["lr"] == pytest.approx(1e-3)
+    cifar = parse_args(["--preset", "cifar10"])[0].cfg
+    main = schedule(cifar, BUDGETS["quick"], False)
+    assert (main["max_epochs"], main["lr_milestones"], main["lr"]) == (11, [8, 10], 5e-2)
+    ft = schedule(cifar, BUDGETS["quick"], True)
+    assert (ft["max_epochs"], ft["lr_milestones"]) == (8, [6])
+    assert ft["lr"] == pytest.approx(5e-3)
+
+
+def test_first_n_of_every_layer_is_a_finetune_not_a_retrain():
+    sw, _ = parse_args(["--preset", "mnist"])
+    args = cell_args(sw, Cell(sw.grid, 0, "first-4", "defocus", "2"), "p" * 32, "r" * 32)
+    flag = {a: b for a, b in zip(args, args[1:], strict=False) if a.startswith("--")}
+    assert args[0] == "fit"
+    assert flag["--trainer.max_epochs"] == "15" and float(flag["--model.lr"]) == 1e-5
+    assert flag["--tracking.method"] == "first-4" and flag["--model.init_from"] == "r" * 32
+    assert flag["--data.init_args.test_kinds"] == "[clean,defocus]"
+    notrain = cell_args(sw, Cell(sw.grid, 0, "notrain", "noise", "3"), "p" * 32, "r" * 32)
+    assert notrain[0] == "test" and "--data.init_args.distortion.kind" not in notrain
+
+
+# ----------------------------------------------------------------- a tiny sweep end to end
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The tiny sweep, run once in-process into its own SQLite store."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        start = time.time()
+        plan = sweep.main([*TINY, "--report", str(tmp / "report")])
+        yield {"plan": plan, "tmp": tmp, "client": MlflowClient(), "seconds": time.time() - start}
+
+
+def test_dry_run_lists_cells_and_estimate(workdir, capsys):
+    plan = sweep.main([*TINY, "--dry-run"])
+    out = capsys.readouterr().out
+    assert plan.parent is None and len(plan.todo) == len(TINY_CELLS)
+    assert sum(line.strip().startswith("run ") for line in out.splitlines()) == len(TINY_CELLS)
+    assert "8 cells to run, 0 finished; estimate" in out
+    assert _children(MlflowClient()) == []  # a dry run changes nothing
+
+
+def test_sweep_runs_every_cell_once_nested_and_tagged(swept):
+    client, parent = swept["client"], swept["plan"].parent
+    runs = _children(client)
+    assert Counter(_cell_suffix(r.data.tags["cell"]) for r in runs) == Counter(TINY_CELLS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in runs)
+    by_cell = {_cell_suffix(r.data.tags["cell"]): r for r in runs}
+    ft = by_cell["first-1/defocus/L2"]
+    assert (ft.data.tags["method"], ft.data.tags["distortion"], ft.data.tags["level"]) == (
+        "first-1", "defocus", "2",
+    )  # fmt: skip
+    assert ft.data.tags["first_n"] == "1"
+    assert ft.data.tags["init_from_run"] == by_cell["pretrain/clean/L0"].info.run_id
+    assert {"test/err/clean/L0", "test/err/defocus/L2", "gradvar/conv2/defocus/L2"} <= set(
+        ft.data.metrics
+    )
+    assert by_cell["notrain/noise/L2"].data.tags["first_n"] == "0"
+    p = client.get_run(parent)
+    assert p.info.status == "FINISHED" and p.data.tags["sweep"] == "tiny"
+    assert p.data.tags["sweep_key"] == parse_args(TINY)[0].key
+    exp = client.get_experiment(p.info.experiment_id)
+    assert f"mlflow.sharedViewState.{p.data.tags['sweep_key']}" in exp.tags
+    print(f"tiny sweep: {len(runs)} cells in {swept['seconds']:.0f} s")
+
+
+def test_restart_repeats_nothing(swept, monkeypatch, capsys):
+    monkeypatch.chdir(swept["tmp"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{swept['tmp'] / 'mlflow.db'}")
+    before = {r.info.run_id for r in _children(swept["client"])}
+    again = sweep.main(TINY)
+    assert again.parent == swept["plan"].parent
+    assert {r.info.run_id for r in _children(swept["client"])} == before
+    sweep.main([*TINY, "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.count("  skip   ") == len(TINY_CELLS) and "0 cells to run" in out
+
+
+def test_report_of_the_sweep_has_every_figure(swept):
+    out = swept["tmp"] / "report"
+    html = (out / "index.html").read_text()
+    for png in ("error_lenet5_synthetic.png", "gradvar_lenet5_synthetic_conv2.png"):
+        assert (out / png).stat().st_size > 1000
+        assert f"src='{png}'" in html
+    import pandas as pd
+
+    errors = pd.read_csv(out / "errors.csv")  # 3 methods x 2 kinds x levels 0, 2
+    assert len(errors) == 12 and set(errors.method) == {"notrain", "first-1", "retrain"}
+    assert len(pd.read_csv(out / "table1.csv")) == 4  # first-1, retrain x 2 kinds (top-1 only)
+    assert set(pd.read_csv(out / "mce.csv").method) == {"notrain", "first-1", "retrain"}
+    logged = {a.path for a in swept["client"].list_artifacts(swept["plan"].parent, "report")}
+    assert "report/index.html" in logged and "report/error_lenet5_synthetic.png" in logged
+
+
+# ----------------------------------------------------------------- kill and resume
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(workdir / "sweep.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robust_ft", "sweep", *TINY],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = MlflowClient(uri)
+    deadline = time.time() + 900
+    try:
+        while True:  # kill it in the middle of a cell, after two cells finished
+            runs = _children(client)
+            status = Counter(r.info.status for r in runs)
+            if status["FINISHED"] >= 2 and status["RUNNING"] >= 1:
+                break
+            assert proc.poll() is None, (workdir / "sweep.log").read_text()[-3000:]
+            assert time.time() < deadline, "the sweep did not get going"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+    killed = _children(client)
+    finished = {r.data.tags["cell"]: (r.info.run_id, r.info.start_time) for r in killed
+                if r.info.status == "FINISHED"}  # fmt: skip
+    stale = {r.info.run_id for r in killed if r.info.status == "RUNNING"}
+    assert 2 <= len(finished) < len(TINY_CELLS) and stale
+
+    plan = sweep.main(TINY)  # the same arguments: the same parent, the rest of the cells
+    runs = _children(client)
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    assert Counter(_cell_suffix(r.data.tags["cell"]) for r in done) == Counter(TINY_CELLS)
+    again = {r.data.tags["cell"]: (r.info.run_id, r.info.start_time) for r in done}
+    assert {k: again[k] for k in finished} == finished  # finished cells untouched
+    assert {r.info.run_id for r in runs if r.info.status == "FAILED"} == stale
+    assert len(runs) == len(TINY_CELLS) + len(stale)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {plan.parent}
+    assert client.get_run(plan.parent).info.status == "FINISHED"
