@@ -14,7 +14,7 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench bench-setup report tune clean
+.PHONY: setup data demo test test-fast lint format bench bench-setup sweep report tune clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -45,6 +45,15 @@ lint: setup
 format: setup
 	$(BIN)/ruff format robust_ft tests benchmarks
 	$(BIN)/ruff check --fix robust_ft tests benchmarks
+
+SWEEP_ARGS ?= --preset fashion_mnist --budget demo
+REPORT_ARGS ?=
+sweep: setup data
+	$(BIN)/python -m robust_ft sweep $(SWEEP_ARGS) --root $(DATA_DIR)
+
+# Rebuild the committed report: MLFLOW_TRACKING_URI=sqlite:///outputs/fmnist_sweep/mlflow.db make report
+report: setup
+	$(BIN)/python -m robust_ft report --out docs/report $(REPORT_ARGS)
 
 TRIALS ?= 20
 tune: setup data
