@@ -69,6 +69,7 @@ bench-setup: $(BIN)/.bench-installed
 bench: bench-setup
 	$(BIN)/python benchmarks/distortions.py --out benchmarks/results/distortions.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
+	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

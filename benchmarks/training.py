@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robust_ft.data.datamodules import Distortion, SyntheticDataModule
+from robust_ft.data.datamodules import SyntheticDataModule
 from robust_ft.models import build
 from robust_ft.models.classifier import ImageClassifier
 
@@ -47,7 +47,9 @@ def _trainer(**kw) -> L.Trainer:
 
 
 def _dm(arch: str, n: int, root: str, **kw) -> SyntheticDataModule:
-    dm = SyntheticDataModule(image_shape=SHAPES[arch], n_train=n, n_test=n, root=root, val_split=0, **kw)
+    dm = SyntheticDataModule(
+        image_shape=SHAPES[arch], n_train=n, n_test=n, root=root, val_split=0, **kw
+    )
     dm.prepare_data()
     dm.setup()
     return dm
@@ -109,7 +111,9 @@ def best(fn, rounds: int) -> float:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="benchmarks/results/training.json")
@@ -135,8 +139,8 @@ def main(argv=None) -> dict:
                      "ratio": min(tb) / min(tl)})  # fmt: skip
         n_layers = len(build(arch).param_layers())
         for k in (1, 3):
-            tf = best(lambda k=k: lightning_epoch(arch, dm, first_n=k), rounds)
-            tr = best(lambda: lightning_epoch(arch, dm, first_n=n_layers), rounds)
+            tf = best(lambda a=arch, d=dm, k=k: lightning_epoch(a, d, first_n=k), rounds)
+            tr = best(lambda a=arch, d=dm, n=n_layers: lightning_epoch(a, d, first_n=n), rounds)
             rows.append({"bench": "finetune_vs_retrain", "model": arch, "first_n": k, "finetune_s": tf,
                          "retrain_s": tr, "ratio": tf / tr})  # fmt: skip
     # evaluation grid: cold (generate distortions), warm (cache), vs pure forward of 20 x n images
@@ -154,7 +158,6 @@ def main(argv=None) -> dict:
 
     clean = dm._data["test"][0].images[:, 0].numpy()
     path = Path(tmp) / "bench-cache.npy"
-    gen = best(lambda: distort_array(clean, "combined", 2.0, seed=0, progress=False).sum(), 1)
     t0 = time.perf_counter()
     load_or_create(path, lambda: distort_array(clean, "combined", 2.0, seed=0, progress=False))
     gen = time.perf_counter() - t0
