@@ -33,7 +33,7 @@ demo: setup data
 	$(BIN)/python -m robust_ft demo --config conf/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
