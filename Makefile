@@ -73,3 +73,24 @@ bench: bench-setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+
+# ---------------------------------------------------------------- Docker (docs/scale-out.md)
+IMAGE ?= robust-ft:latest
+COMPOSE_PROFILE ?= gpu
+COMPOSE_BIN := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE := $(COMPOSE_BIN) -p robust-ft -f docker/compose.yaml --env-file docker/.env
+.PHONY: docker-build compose-up compose-down
+
+docker-build:
+	docker/build-image.sh $(IMAGE)
+
+docker/.env:
+	@umask 077; printf 'POSTGRES_PASSWORD=%s\n' "$$(python3 -c 'import secrets; print(secrets.token_hex(16))')" > $@
+	@echo "wrote $@ (random POSTGRES_PASSWORD; keep it out of git)"
+
+compose-up: docker-build docker/.env
+	$(COMPOSE) --profile $(COMPOSE_PROFILE) up -d
+	@echo "MLflow UI: http://127.0.0.1:5000   logs: $(COMPOSE) logs -f"
+
+compose-down:
+	$(COMPOSE) --profile gpu --profile cpu --profile tune down

@@ -78,6 +78,26 @@ class InterruptToKilled(Callback):
         trainer.save_checkpoint(str(Path(self.dirpath) / "interrupted.ckpt"))
 
 
+class MarkResumed(Callback):
+    """Mark a resumed run RUNNING again, on rank 0 at ``setup``.
+
+    Every DDP rank decides in ``_find_resume`` whether to resume by the run's FAILED/KILLED
+    status; ranks > 0 start after rank 0 has set the run up, so the status must not change before
+    all ranks have joined the process group (which ``setup`` follows), or they would start over.
+    """
+
+    def __init__(self, run_id: str, ckpt: str | None):
+        self.run_id, self.ckpt, self.done = run_id, ckpt, False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.done or not trainer.is_global_zero:
+            return
+        client = trainer.logger.experiment
+        client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "resumed_from", self.ckpt)
+        self.done = True
+
+
 class MlflowConfig(SaveConfigCallback):
     """Logs the resolved config (flattened params + ``config.yaml``), environment and tags."""
 
@@ -271,10 +291,9 @@ class RobustCLI(LightningCLI):
             client = self.run_logger.experiment
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
-            if self.resume_run_id:
-                client.update_run(run_id, status="RUNNING")
-                client.set_tag(run_id, "resumed_from", self.resume_ckpt)
         callbacks = []
+        if self.resume_run_id:  # back to RUNNING only once every DDP rank has decided to resume
+            callbacks.append(MarkResumed(self.resume_run_id, self.resume_ckpt))
         if self.subcommand == "fit":
             monitor = "val/err" if dm.val_split else None
             # Only global rank 0 creates the MLflow run (DDP): other ranks get a placeholder here

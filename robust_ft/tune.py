@@ -688,7 +688,7 @@ def _base_args(a: argparse.Namespace) -> list[str]:
         "--config",
         str(base_config(a.model, a.dataset)),
         "--config",
-        str(CONF / "finetune.yaml"),
+        str(base_config(a.model, a.dataset).parent / "finetune.yaml"),
     ]
     for c in a.config:
         args += ["--config", c]

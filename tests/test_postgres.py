@@ -1,0 +1,218 @@
+"""The compose stack's tracking services, run natively: PostgreSQL (Debian ``postgresql``) on
+127.0.0.1 as MLflow's backend and Optuna's storage, an ``mlflow server`` on it serving the
+artifacts, and a tiny pre-train (``robust-ft fit``), tuning study and fine-tune pointed at them.
+
+PostgreSQL is installed with apt-get when missing (root), and a throwaway cluster runs as the
+``postgres`` user (PostgreSQL refuses to run as root) on a free port, with password auth.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import CONF
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
+
+USER = "robust"
+SYNTH_YAML = """\
+data:
+  class_path: robust_ft.data.datamodules.SyntheticDataModule
+  init_args:
+    image_shape: [1, 28, 28]
+    num_classes: 10
+    n_train: 256
+    n_test: 64
+    batch_size: 32
+    val_split: 0.2
+    root: data
+trainer:
+  enable_progress_bar: false
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path | None:
+    """The directory of initdb/pg_ctl: Debian's /usr/lib/postgresql/<v>/bin, else PATH."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _ensure_postgres() -> Path:
+    if _pg_bin() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(install, env=env, capture_output=True, check=True)
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("no PostgreSQL (apt-get install postgresql, as root)")
+    return pg
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1:<free port>; yields (host:port, password)."""
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.fail(
+            "psycopg (3) is not installed: SQLAlchemy 2.1 opens postgresql:// URLs with it "
+            "(pip install 'psycopg[binary]>=3.2,<4')"
+        )
+    pg = _ensure_postgres()
+    root = Path(tempfile.mkdtemp(prefix="robust-ft-pg-"))  # under /tmp: reachable by postgres
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL will not run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = secrets.token_hex(12)
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if as_user:
+        shutil.chown(pwfile, "postgres", "postgres")
+    port = _free_port()
+    data = root / "data"
+    run = dict(check=True, capture_output=True, text=True)
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", USER,
+                    f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256"],
+                   **run)  # fmt: skip
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
+                    "-w", "-t", "120", "-o", opts, "start"], **run)  # fmt: skip
+    try:
+        for db in ("mlflow", "optuna"):
+            subprocess.run([*as_user, str(pg / "createdb"), "-h", str(root), "-p", str(port),
+                            "-U", USER, db], **run)  # fmt: skip
+        yield f"127.0.0.1:{port}", password
+    finally:
+        subprocess.run([*as_user, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """``mlflow server`` with the PostgreSQL backend and served local artifacts; yields its URL."""
+    hostport, password = postgres
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"postgresql://{USER}:{password}@{hostport}/mlflow",
+        "--serve-artifacts", "--artifacts-destination", str(root / "mlartifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240  # the first start creates MLflow's tables in PostgreSQL
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(
+                        "mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:]
+                    )
+                time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_fit_and_tune_against_postgres_backed_mlflow_server(
+    postgres, mlflow_server, tmp_path, monkeypatch
+):
+    import optuna
+    import psycopg
+    from optuna.trial import TrialState
+
+    from robust_ft import tune as tune_mod
+
+    hostport, password = postgres
+    storage = f"postgresql://{USER}:{password}@{hostport}/optuna"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    synth = tmp_path / "synth.yaml"
+    synth.write_text(SYNTH_YAML)
+
+    # 1. a clean pre-train through the real command line, tracked over HTTP
+    fit = [sys.executable, "-m", "robust_ft", "fit", "--config", str(CONF / "lenet5_mnist.yaml"),
+           "--config", str(synth), "--trainer.max_epochs", "1", "--model.lr", "0.05",
+           "--tracking.log_model", "false"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(fit, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    # 2. a 2-trial study in PostgreSQL, then the best rate fine-tuned at full budget
+    res = tune_mod.main([
+        "--model", "lenet5", "--dataset", "mnist", "--kind", "defocus", "--level", "1",
+        "--config", str(synth), "--storage", storage, "--study-name", "pg-stack",
+        "--n-trials", "2", "--trial-epochs", "1", "--pruner", "none", "--then-finetune",
+        "--extra", "--model.finetune.max_epochs", "1",
+    ])  # fmt: skip
+    assert res.finetune_run_id is not None
+
+    study = optuna.load_study(study_name="pg-stack", storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("lenet5-synthetic")
+    runs = client.search_runs([exp.experiment_id])
+    by_method: dict[str, list] = {}
+    for run in runs:
+        by_method.setdefault(run.data.tags.get("method", "?"), []).append(run)
+    (pretrain,) = by_method["pretrain"]
+    assert pretrain.info.status == "FINISHED"
+    assert "test/err/clean/L0" in pretrain.data.metrics
+    # the checkpoint went through the server's artifact proxy (mlflow-artifacts:/...)
+    assert pretrain.info.artifact_uri.startswith("mlflow-artifacts:")
+    ckpts = {f.path for f in client.list_artifacts(pretrain.info.run_id, "checkpoints")}
+    assert "checkpoints/best.ckpt" in ckpts
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id]
+    assert len(children) == 3  # 2 trials + the fine-tune of the best rate
+    assert res.finetune_run_id in {r.info.run_id for r in children}
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert client.get_run(res.parent_run_id).info.status == "FINISHED"
+
+    # the runs really live in PostgreSQL, not in a file store next to the server
+    host, port = hostport.split(":")
+    conninfo = f"host={host} port={port} user={USER} password={password} dbname=mlflow"
+    with psycopg.connect(conninfo) as conn:
+        n = conn.execute(
+            "select count(*) from runs where experiment_id = %s", (int(exp.experiment_id),)
+        ).fetchone()[0]
+    assert n == len(runs)
