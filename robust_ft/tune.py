@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from robust_ft.cli import RobustCLI, run_cli
-from robust_ft.pipeline import CONF, _parent_run, base_config
+from robust_ft.pipeline import _parent_run, base_config
 from robust_ft.tracking import (
     check_reachable,
     default_tracking_uri,
