@@ -29,9 +29,7 @@ IMAGE = "robust-ft:test"
 BASE = "robust-ft-base:bookworm"
 # Wheels for the image, downloaded on the host (its proxy and CA settings apply) and kept
 # between runs; the build installs only these (no index), so it needs no TLS from inside.
-WHEELHOUSE = Path(
-    os.environ.get("ROBUST_FT_WHEELHOUSE", REPO / ".cache" / "wheelhouse")
-)
+WHEELHOUSE = Path(os.environ.get("ROBUST_FT_WHEELHOUSE", REPO / ".cache" / "wheelhouse"))
 
 
 def _free_port() -> int:
