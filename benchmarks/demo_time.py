@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"platform": platform.platform(), "nproc": os.cpu_count(),
                     "loadavg_at_end": os.getloadavg()},
         "wall_s": seconds, "peak_rss_gb": rss_kb / 1e6,
+        "tables": [ln for ln in r.stdout.splitlines() if ln.startswith(("|", "Test error"))],
         "target": {"wall_s": 600, "peak_rss_gb": 4},
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
