@@ -46,3 +46,22 @@ def synthetic_args(shape=(1, 28, 28), n_train=256, n_test=128, num_classes=10, b
         "--data.init_args.batch_size", str(batch),
         "--data.init_args.root", "data",
     ]  # fmt: skip
+
+
+def synthetic_yaml(cache: bool = True) -> str:
+    """A config overlay that swaps in tiny synthetic LeNet-5 data (for commands that take --config)."""
+    return f"""\
+data:
+  class_path: {SYNTH}
+  init_args:
+    image_shape: [1, 28, 28]
+    num_classes: 10
+    n_train: 256
+    n_test: 64
+    batch_size: 32
+    val_split: 0.2
+    cache: {str(cache).lower()}
+    root: data
+trainer:
+  enable_progress_bar: false
+"""

@@ -23,26 +23,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CONF
+from conftest import CONF, synthetic_yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
 
 USER = "robust"
-SYNTH_YAML = """\
-data:
-  class_path: robust_ft.data.datamodules.SyntheticDataModule
-  init_args:
-    image_shape: [1, 28, 28]
-    num_classes: 10
-    n_train: 256
-    n_test: 64
-    batch_size: 32
-    val_split: 0.2
-    root: data
-trainer:
-  enable_progress_bar: false
-"""
+SYNTH_YAML = synthetic_yaml(cache=True)
 
 
 def _free_port() -> int:

@@ -12,28 +12,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import CONF
+from conftest import CONF, synthetic_yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from robust_ft import tune as tune_mod
 from robust_ft.cli import run_cli
 
-SYNTH_YAML = """\
-data:
-  class_path: robust_ft.data.datamodules.SyntheticDataModule
-  init_args:
-    image_shape: [1, 28, 28]
-    num_classes: 10
-    n_train: 256
-    n_test: 64
-    batch_size: 32
-    val_split: 0.2
-    cache: false
-    root: data
-trainer:
-  enable_progress_bar: false
-"""
+SYNTH_YAML = synthetic_yaml(cache=False)
 BASE = ["--model", "lenet5", "--dataset", "mnist", "--kind", "defocus", "--level", "1"]
 
 
