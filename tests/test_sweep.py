@@ -180,6 +180,14 @@ def test_report_of_the_sweep_has_every_figure(swept):
 
 
 # ----------------------------------------------------------------- kill and resume
+def _mid_cell(client) -> bool:
+    try:
+        status = Counter(r.info.status for r in _children(client))
+    except Exception:  # noqa: BLE001 - a frozen writer may hold the SQLite lock: look again
+        return False
+    return status["FINISHED"] >= 2 and status["RUNNING"] >= 1
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -193,10 +201,11 @@ def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
     deadline = time.time() + 900
     try:
         while True:  # kill it in the middle of a cell, after two cells finished
-            runs = _children(client)
-            status = Counter(r.info.status for r in runs)
-            if status["FINISHED"] >= 2 and status["RUNNING"] >= 1:
-                break
+            if _mid_cell(client):
+                proc.send_signal(signal.SIGSTOP)  # freeze it, then look again: a cell
+                if _mid_cell(client):  # may finish between the first look and the kill
+                    break
+                proc.send_signal(signal.SIGCONT)
             assert proc.poll() is None, (workdir / "sweep.log").read_text()[-3000:]
             assert time.time() < deadline, "the sweep did not get going"
             time.sleep(0.3)
