@@ -243,6 +243,10 @@ class Setting:
     milestones: list[int]
     max_epochs: int
     val_split: float
+    strategy: str = "auto"
+    devices: Any = 1
+    accelerator: str = "auto"
+    num_nodes: int = 1
 
 
 def read_setting(args: list[str]) -> Setting:
@@ -281,7 +285,65 @@ def read_setting(args: list[str]) -> Setting:
         milestones=list(ft.lr_milestones or []),
         max_epochs=int(ft.max_epochs or cfg.trainer.max_epochs or 1),
         val_split=float(cfg.data.init_args.val_split),
+        strategy=str(cfg.trainer.strategy),
+        devices=cfg.trainer.devices,
+        accelerator=str(cfg.trainer.accelerator),
+        num_nodes=int(cfg.trainer.num_nodes or 1),
     )
+
+
+# ----------------------------------------------------------------- distributed trials
+SPAWN_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _n_devices(setting: Setting) -> int:
+    """How many devices Lightning would use on this machine for the setting's trainer flags."""
+    d = setting.devices
+    if isinstance(d, (list, tuple)):
+        return len(d)
+    if isinstance(d, str) and "," in d:
+        return len([x for x in d.split(",") if x.strip()])
+    if str(d) in ("auto", "-1"):
+        import torch
+
+        gpu = setting.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if gpu else 1
+    return int(d)
+
+
+def trial_strategy(setting: Setting, storage_url: str) -> str | None:
+    """The strategy flag for trials and the final fine-tune, after checking DDP can work.
+
+    Trials run inside this process, so a multi-device trial must start its ranks by spawning or
+    forking: Lightning's ``ddp`` launcher re-runs the command line once per rank, which would start
+    a whole tuning worker per rank. ``ddp``/``auto`` with several devices becomes ``ddp_spawn``.
+    Optuna's pruning callback reports each epoch from rank 0 through the storage and broadcasts
+    the decision to every rank, which needs an RDB storage. Returns None when no change is needed.
+    """
+    strategy, n = setting.strategy, _n_devices(setting)
+    if setting.num_nodes > 1:
+        raise ValueError(
+            f"trainer.num_nodes={setting.num_nodes}: a trial runs on one machine; to use several "
+            "machines start a `robust-ft tune` worker on each with the same --storage and "
+            "--study-name (see docs/scale-out.md)"
+        )
+    if strategy in ("ddp", "auto") and n > 1:
+        chosen = "ddp_spawn"
+    elif strategy.startswith("ddp") and strategy not in SPAWN_STRATEGIES:
+        raise ValueError(
+            f"trainer.strategy={strategy!r} cannot run inside a tuning worker (its launcher re-runs "
+            f"the command once per rank); use one of {', '.join(SPAWN_STRATEGIES)}"
+        )
+    else:
+        chosen = None
+    distributed = (chosen or strategy) in SPAWN_STRATEGIES
+    if distributed and storage_url.startswith("journal:"):
+        raise ValueError(
+            "distributed trials report pruning through the study's storage, which must be an RDB "
+            "(sqlite:///optuna.db on one machine, postgresql://... for several); "
+            "journal: storages are not supported with DDP"
+        )
+    return chosen
 
 
 # ----------------------------------------------------------------- MLflow
@@ -563,10 +625,12 @@ def tune(a: argparse.Namespace) -> TuneResult:
     """Run (or join) a study as configured by the parsed command line."""
     uri = default_tracking_uri()
     check_reachable(uri)
-    storage = make_storage(a.storage, a.heartbeat)
     base = _base_args(a)
     setting = read_setting(base)
     space, trial_epochs = _checked_space(a, setting)
+    spawn = trial_strategy(setting, a.storage)  # before the storage exists: nothing half-made
+    storage = make_storage(a.storage, a.heartbeat)
+    launch = ["--trainer.strategy", spawn] if spawn else []
     sampler = optuna.samplers.TPESampler(seed=a.sampler_seed)
     pruner = make_pruner(
         a.pruner, a.pruner_startup_trials, a.pruner_warmup_epochs, a.percentile, trial_epochs
@@ -598,7 +662,11 @@ def tune(a: argparse.Namespace) -> TuneResult:
     for text in a.enqueue:
         study.enqueue_trial(parse_params(text), skip_if_exists=True)
 
-    trial_args = []
+    if spawn:
+        print(
+            f"[tune] {_n_devices(setting)} devices per trial: trainer.strategy={spawn}", flush=True
+        )
+    trial_args = [*launch]
     if a.trial_epochs:
         trial_args += ["--model.finetune.max_epochs", str(a.trial_epochs)]
     if a.trial_subset:
@@ -636,7 +704,9 @@ def tune(a: argparse.Namespace) -> TuneResult:
         if a.then_finetune:
             if best is None:
                 raise ValueError(f"study {name!r} has no complete trial to fine-tune with")
-            result.finetune_run_id = finetune_best(a, base, best, name, parent, setting, init_key)
+            result.finetune_run_id = finetune_best(
+                a, base, best, name, parent, setting, init_key, launch
+            )
             client.set_tag(parent, "optuna.best_finetune_run", result.finetune_run_id)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
@@ -651,7 +721,7 @@ def tune(a: argparse.Namespace) -> TuneResult:
 
 def finetune_best(
     a: argparse.Namespace, base: list[str], best: FrozenTrial, study_name: str, parent: str,
-    setting: Setting, init_ref: str,
+    setting: Setting, init_ref: str, launch: list[str] = (),
 ) -> str:  # fmt: skip
     """Fine-tune with the best trial's parameters at the full budget; a normal, tested run.
 
@@ -669,7 +739,7 @@ def finetune_best(
             "--data.init_args.test_levels", f"[{setting.level_value}]"]  # fmt: skip
     head = base[: len(base) - len(a.extra)]  # the test grid goes before --extra (which wins)
     args = [
-        *head, *grid, *a.extra,
+        *head, *grid, *a.extra, *launch,
         *param_flags(best.params),
         "--model.init_from", init_ref,
         "--tracking.parent_run_id", parent,

@@ -213,6 +213,69 @@ def test_two_workers_share_one_journal_study(workdir, synth, pretrain):
     assert set(_children(client, parents[0].info.run_id)) == {0, 1, 2, 3}
 
 
+@pytest.mark.slow  # 2-rank trials spawned per trial: ~3 min on 2 cores
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr")
+def test_ddp_trials_prune_on_every_rank(workdir, synth, pretrain):
+    """Trials on 2 CPU ranks: `devices 2` becomes ddp_spawn, one MLflow run per trial (not per
+    rank), and the absurd trial is pruned through the storage and stopped on both ranks."""
+    cmd = [sys.executable, "-m", "robust_ft", "tune", *BASE, "--config", synth,
+           "--trial-epochs", "2", "--no-enqueue-default", "--enqueue", "lr=0.01",
+           "--enqueue", "lr=0.03", "--enqueue", "lr=1000", "--pruner", "median",
+           "--pruner-startup-trials", "2", "--pruner-warmup-epochs", "0", "--n-trials", "3",
+           "--then-finetune", "--extra", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--model.finetune.max_epochs", "2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    r = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "2 devices per trial: trainer.strategy=ddp_spawn" in r.stdout
+
+    (summary,) = optuna.get_all_study_summaries("sqlite:///optuna.db")
+    study = optuna.load_study(study_name=summary.study_name, storage="sqlite:///optuna.db")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+    ]
+    pruned = trials[2]
+    assert pruned.system_attrs["ddp_pl:pruned"] is True  # decided on rank 0, broadcast to rank 1
+    assert pruned.system_attrs["ddp_pl:epoch"] == 0 and list(pruned.intermediate_values) == [0]
+
+    client = MlflowClient()
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = _children(client, parent)
+    assert set(children) == {0, 1, 2}  # one run per trial: rank 1 logs nothing of its own
+    for t in trials:
+        run = children[t.number]
+        assert run.data.params["trainer.strategy"] == "ddp_spawn"
+        assert run.data.params["trainer.devices"] == "2"
+        assert run.data.tags["optuna.state"] == t.state.name
+        assert run.info.status == tune_mod.RUN_STATUS[t.state.name]
+        history = [m.value for m in client.get_metric_history(run.info.run_id, "val/err")]
+        assert history == pytest.approx(list(t.intermediate_values.values()))
+    final = client.get_run(client.get_run(parent).data.tags["optuna.best_finetune_run"])
+    assert final.info.status == "FINISHED" and final.data.params["trainer.strategy"] == "ddp_spawn"
+    assert {"test/err/clean/L0", "test/err/defocus/L1"} <= set(final.data.metrics)
+
+
+def test_ddp_trials_need_a_spawning_strategy_and_an_rdb(workdir, synth):
+    init = workdir / "fake.ckpt"
+    init.write_bytes(b"never loaded: the study is refused first")
+    common = [*BASE, "--config", synth, "--init-from", str(init), "--n-trials", "1"]
+    cpu2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    cases = [
+        (["--storage", "journal:o.log", "--extra", *cpu2], "journal: storages are not supported"),
+        (["--extra", *cpu2, "--trainer.strategy", "ddp_find_unused_parameters_true"],
+         "use one of ddp_spawn, ddp_fork"),
+        (["--extra", *cpu2, "--trainer.num_nodes", "2"], "start a `robust-ft tune` worker on each"),
+    ]  # fmt: skip
+    for flags, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tune_mod.main([*common, *flags])
+    assert not Path("o.log").exists() and not Path("optuna.db").exists()  # nothing half-made
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
     """``ROBUST_FT_TEST_PG_URL``, else a throwaway local PostgreSQL cluster (skip if none)."""

@@ -144,7 +144,9 @@ class ImageClassifier(L.LightningModule):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -154,7 +156,9 @@ class ImageClassifier(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self):
-        self.log("val/err", 100.0 * (1.0 - self.val_acc.compute()), sync_dist=False)
+        # compute() already gathers every rank's counts; sync_dist averages equal values (and
+        # keeps Lightning from warning that an epoch-level value is not synced)
+        self.log("val/err", 100.0 * (1.0 - self.val_acc.compute()), sync_dist=True)
         self.val_acc.reset()
 
     def _test_tags(self) -> list[str]:
@@ -184,7 +188,7 @@ class ImageClassifier(L.LightningModule):
             for key, m in metrics.items():
                 name = "err" if key == "top1" else "err5"
                 err = 100.0 * (1.0 - m.compute())
-                self.log(f"test/{name}/{tag}", err, add_dataloader_idx=False)
+                self.log(f"test/{name}/{tag}", err, add_dataloader_idx=False, sync_dist=True)
                 m.reset()
 
     # ----------------------------------------------------------------- optimisation
