@@ -522,3 +522,18 @@ def test_render_distortion_grid(tmp_path):
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="uint8"):
         render_distortion_grid(np.zeros((1, 8, 8)), tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("border", sorted(BORDERS))
+def test_batched_padding_equals_numpy_pad(border):
+    """The torch padding (flipped slices for 'reflect', a gather otherwise) is numpy.pad exactly,
+    for pads smaller and larger than the image and for channels-last input."""
+    from robust_ft.data.distortions import _pad
+
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
+    for inp in (x, x.to(memory_format=torch.channels_last)):
+        for p in range(9):
+            got = _pad(inp, p, border)
+            want = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)), mode=BORDERS[border])
+            assert got.is_contiguous() or border == "constant"
+            np.testing.assert_array_equal(got.numpy(), want)

@@ -161,6 +161,10 @@ def _pad(x: torch.Tensor, p: int, border: str) -> torch.Tensor:
     if border == "constant":
         return F.pad(x, (p, p, p, p))
     *lead, h, w = x.shape
+    if border == "reflect" and 0 < p <= min(h, w):  # edge repeated: flipped slices, no gather
+        x = torch.cat([x[..., :p].flip(-1), x, x[..., w - p :].flip(-1)], -1)
+        x = torch.cat([x[..., :p, :].flip(-2), x, x[..., h - p :, :].flip(-2)], -2)
+        return x.contiguous()  # cat keeps a channels-last input's layout; callers view()
     rows, cols = (np.pad(np.arange(s), p, mode=BORDERS[border]) for s in (h, w))
     flat = torch.from_numpy((rows[:, None] * w + cols[None, :]).ravel()).to(x.device)
     return x.reshape(-1, h * w).index_select(1, flat).view(*lead, h + 2 * p, w + 2 * p)
