@@ -68,6 +68,19 @@ def ours_batched(kind: str, device: str) -> Bench:
     return make
 
 
+def randn_floor(kind: str) -> Bench | None:
+    """For noise only: ``torch.randn`` of each batch alone, the floor of any torch noise stage."""
+    if kind != "noise":
+        return None
+
+    def make(images: np.ndarray) -> Callable[[], object]:
+        shapes = [b.shape for b in torch.from_numpy(images).split(BATCH)]
+        generator = torch.Generator().manual_seed(0)
+        return lambda: [torch.randn(s, generator=generator) for s in shapes]
+
+    return make
+
+
 def imagecorruptions(kind: str) -> Bench | str:
     try:
         with warnings.catch_warnings():
@@ -207,8 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
         "imagecorruptions": imagecorruptions,
         "albumentations": albumentations,
         "kornia": kornia,
+        "torch.randn": randn_floor,
     }
-    batched = {"distort_batch_cpu", "distort_batch_cuda", "kornia"}
+    batched = {"distort_batch_cpu", "distort_batch_cuda", "kornia", "torch.randn"}
 
     rows, notes = [], set()
     for shape_name, shape in SHAPES.items():
@@ -219,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 n = n_fast if name in batched else n_slow
                 bench = factory(kind)
+                if bench is None:
+                    continue
                 run = bench if isinstance(bench, str) else bench(_images(n, shape))
                 if isinstance(run, str):
                     notes.add(f"{name}: skipped, {run}")
