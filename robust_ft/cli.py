@@ -307,12 +307,10 @@ class RobustCLI(LightningCLI):
                 save_last=True,
             )
             callbacks += [self.checkpoint, InterruptToKilled(self.checkpoint.dirpath)]
-        try:
-            from robust_ft.callbacks.grad_stats import GradientVarianceCallback
+        from robust_ft.callbacks.confusion import ConfusionMatrixCallback
+        from robust_ft.callbacks.grad_stats import GradientVarianceCallback
 
-            callbacks.append(GradientVarianceCallback())
-        except ImportError:  # pragma: no cover - analysis is optional
-            pass
+        callbacks += [GradientVarianceCallback(), ConfusionMatrixCallback()]
         extra = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
         kwargs["callbacks"] = list(extra) + callbacks + self.extra_callbacks
         kwargs["logger"] = self.run_logger

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -133,6 +134,16 @@ def test_finetune_freezes_and_tests_distorted(workdir, pretrained_ckpt):
     assert run.data.tags["method"] == "first-2"
     assert {"test/err/clean/L0", "test/err/motion/L2"} <= set(run.data.metrics)
     assert any(k.startswith("gradvar/") for k in run.data.metrics)
+    arts = {a.path for a in client.list_artifacts(res.run_id, "confusion")}
+    assert arts == {"confusion/matrices.csv", "confusion/clean_L0.png", "confusion/motion_L2.png"}
+    table = Path(client.download_artifacts(res.run_id, "confusion/matrices.csv"))
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    for tag in ("clean/L0", "motion/L2"):  # the matrix is the test set: its error is the metric
+        cells = [(int(r["true"]), int(r["predicted"]), int(r["count"])) for r in rows
+                 if r["test_set"] == tag]  # fmt: skip
+        total, right = sum(c for *_, c in cells), sum(c for t, p, c in cells if t == p)
+        assert total == 128
+        assert 100 * (1 - right / total) == pytest.approx(run.data.metrics[f"test/err/{tag}"])
     before = read_state_dict(
         client.download_artifacts(
             pretrained_ckpt.run_id, "checkpoints/best.ckpt", str(workdir / "a")
