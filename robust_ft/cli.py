@@ -126,9 +126,14 @@ class MlflowConfig(SaveConfigCallback):
 class RobustCLI(LightningCLI):
     """LightningCLI for robust-ft: one MLflow run per invocation, test after fit, artifacts."""
 
-    def __init__(self, *args, extra_callbacks: list | None = None, **kwargs):
-        """``extra_callbacks`` are added to the trainer's (e.g. Optuna's pruning callback)."""
+    def __init__(self, *args, extra_callbacks: list | None = None, summary: bool = False, **kwargs):
+        """``extra_callbacks`` are added to the trainer's (e.g. Optuna's pruning callback).
+
+        ``summary``: after testing, print the errors as one kind x level table (and where the run
+        is) instead of Lightning's table of one column per test set; the console command sets it.
+        """
         self.extra_callbacks = list(extra_callbacks or [])
+        self.summary = summary
         kwargs.setdefault("model_class", ImageClassifier)
         kwargs.setdefault("datamodule_class", DistortedDataModule)
         kwargs.setdefault("subclass_mode_data", True)
@@ -328,13 +333,37 @@ class RobustCLI(LightningCLI):
                 from robust_ft.checkpoints import load_net_weights
 
                 load_net_weights(self.model.net, best)
-            trainer.test(self.model, datamodule=self.datamodule)
+            trainer.test(self.model, datamodule=self.datamodule, verbose=not self.summary)
+            self._print_summary()
         elif trainer.fast_dev_run:
-            trainer.test(self.model, datamodule=self.datamodule)
+            trainer.test(self.model, datamodule=self.datamodule, verbose=not self.summary)
         self._finish(log_checkpoints=cfg.tracking.log_checkpoints)
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand == "test" and self.summary:
+            kwargs["verbose"] = False  # _print_summary shows the same numbers as one grid
+        return kwargs
+
     def after_test(self) -> None:
+        self._print_summary()
         self._finish()
+
+    def _print_summary(self) -> None:
+        """The test errors as a kind x level table, and the run they are in (rank 0)."""
+        if not self.summary or not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        table = test_table(metrics)
+        if not table:
+            return
+        print(f"\nTest error (%), {self.model.hparams.arch} on {self.datamodule.dataset_name}:")
+        print(table)
+        if self.run_logger is not None and self.run_logger.run_id:
+            from robust_ft.tracking import default_tracking_uri, ui_command
+
+            uri = default_tracking_uri()
+            print(f"MLflow run {self.run_logger.run_id} in {uri}; open the UI: {ui_command(uri)}")
 
     def after_validate(self) -> None:
         self._finish()
@@ -351,6 +380,42 @@ class RobustCLI(LightningCLI):
         if self._cfg().tracking.log_model and not self.trainer.fast_dev_run:
             log_network(logger, self.model.net)
         logger.close("FINISHED")
+
+
+def test_table(metrics: dict[str, float]) -> str:
+    """``test/err/<kind>/<Lx>`` (and ``test/err5/...``) as a markdown table: kinds x levels.
+
+    Cells are the top-1 error, with the top-5 error in parentheses where it was measured.
+    """
+    grid: dict[str, dict[str, str]] = {}
+    levels: list[str] = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) != 4 or parts[:2] != ["test", "err"]:
+            continue
+        kind, level = parts[2], parts[3]
+        top5 = metrics.get(f"test/err5/{kind}/{level}")
+        grid.setdefault(kind, {})[level] = f"{value:.2f}" + (
+            "" if top5 is None else f" ({top5:.2f})"
+        )
+        if level not in levels:
+            levels.append(level)
+    if not grid:
+        return ""
+    kinds = sorted(grid, key=lambda k: (k != "clean", list(grid).index(k)))
+    levels.sort(key=_level_order)
+    lines = ["| test set | " + " | ".join(levels) + " |", "|---|" + "---:|" * len(levels)]
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(grid[kind].get(lv, "") for lv in levels) + " |")
+    return "\n".join(lines)
+
+
+def _level_order(tag: str) -> tuple[float, str]:
+    """``L2`` < ``L2.5`` < ``L10`` < anything else (``U(0,4)``), by name."""
+    try:
+        return float(tag[1:]), tag
+    except ValueError:
+        return float("inf"), tag
 
 
 def launch_rank_zero() -> bool:
@@ -487,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
             # starts ranks 1.. by re-running `sys.executable sys.argv`.
             sys.argv = [sys.argv[0], *argv]
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            RobustCLI(args=argv)
+            RobustCLI(args=argv, summary=True)
         else:
             print(f"error: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
             sys.exit(2)

@@ -227,5 +227,32 @@ def test_mlflow_run_evaluate_entry_point(workdir, pretrained_ckpt):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1  # one run, not two
     assert runs[0].info.status == "FINISHED"
-    assert {"test/err/clean/L0", "test/err/noise/L2"} <= set(runs[0].data.metrics)
+    m = runs[0].data.metrics
+    assert {"test/err/clean/L0", "test/err/noise/L2"} <= set(m)
     assert runs[0].data.tags["method"] == "notrain"
+    # noise/L0 is the clean set: tested once, logged under both tags
+    for key in ("test/err/{}/L0", "gradvar/conv2/{}/L0"):
+        assert m[key.format("noise")] == m[key.format("clean")]
+    # the console shows one kind x level grid of the logged numbers, not Lightning's wide table
+    out = r.stdout + r.stderr
+    assert "Test error (%), lenet5 on synthetic:" in out
+    assert f"| clean | {m['test/err/clean/L0']:.2f} |  |" in out
+    assert f"| noise | {m['test/err/noise/L0']:.2f} | {m['test/err/noise/L2']:.2f} |" in out
+    assert f"MLflow run {runs[0].info.run_id}" in out
+    assert "┃" not in out
+
+
+def test_test_table_grid():
+    from robust_ft.cli import test_table
+
+    metrics = {"test/err/motion/L10": 9.0, "test/err/motion/L2": 3.0, "val/err": 1.0,
+               "test/err/clean/L0": 1.0, "test/err5/clean/L0": 0.5, "gradvar/conv2/clean/L0": 7.0,
+               "test/err/defocus/L2.5": 4.0}  # fmt: skip
+    assert test_table(metrics).splitlines() == [
+        "| test set | L0 | L2 | L2.5 | L10 |",
+        "|---|---:|---:|---:|---:|",
+        "| clean | 1.00 (0.50) |  |  |  |",
+        "| motion |  | 3.00 |  | 9.00 |",
+        "| defocus |  |  | 4.00 |  |",
+    ]
+    assert test_table({"val/err": 1.0}) == ""

@@ -48,16 +48,17 @@ def test_test_grid_tags_and_distorted_sets(tmp_path):
         _dm(tmp_path, distortion=Distortion("defocus", 2), test_kinds=["clean", "defocus", "noise"],
             test_levels=[0, 2])
     )  # fmt: skip
-    assert dm.test_tags == ["clean/L0", "defocus/L0", "defocus/L2", "noise/L0", "noise/L2"]
+    # level 0 of every kind is the clean set: tested once, logged under each tag
+    assert dm.test_tags == ["clean/L0", "defocus/L2", "noise/L2"]
+    assert dm.test_aliases == {"clean/L0": ["defocus/L0", "noise/L0"]}
     sets = dm._data["test"]
     clean = sets[0].images
-    assert torch.equal(sets[1].images, clean)  # level 0 is the identity
-    assert not torch.equal(sets[2].images, clean)
+    assert not torch.equal(sets[1].images, clean)
     # training images are distorted too, with the same kernel as the test grid's defocus/L2
     assert not torch.equal(
         dm._data["train"][0].images, _setup(_dm(tmp_path))._data["train"][0].images
     )
-    assert len(dm.test_dataloader()) == 5
+    assert len(dm.test_dataloader()) == 3
 
 
 def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):

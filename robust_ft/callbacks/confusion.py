@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from robust_ft.callbacks.grad_stats import _tags
+from robust_ft.callbacks.grad_stats import tag_groups
 
 MAX_CLASSES = 100
 """Above this (ImageNet's 1000) the matrices are not kept: a million cells per test set."""
@@ -52,8 +52,9 @@ class ConfusionMatrixCallback(Callback):
             return
         counts = trainer.strategy.reduce(self._counts, reduce_op="sum").cpu()
         n = int(pl_module.hparams.num_classes)
-        tags = _tags(trainer, len(counts))
-        self.matrices = {t: c.view(n, n) for t, c in zip(tags, counts, strict=True)}
+        groups = tag_groups(trainer, len(counts))
+        self.matrices = {t: c.view(n, n) for g, c in zip(groups, counts, strict=True) for t in g}
+        tags = list(self.matrices)
         logger = trainer.logger
         if trainer.is_global_zero and hasattr(logger, "log_artifact") and logger.run_id:
             with tempfile.TemporaryDirectory() as d:

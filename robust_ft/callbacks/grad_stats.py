@@ -71,15 +71,15 @@ class GradientVarianceCallback(Callback):
         """Reduce sums and counts over ranks and log their ratio per layer and test set."""
         sums = trainer.strategy.reduce(self._sums.clone(), reduce_op="sum")
         counts = trainer.strategy.reduce(self._counts.clone(), reduce_op="sum")
-        tags = _tags(trainer, len(sums))
-        for i, tag in enumerate(tags):
+        for i, group in enumerate(tag_groups(trainer, len(sums))):
             for j, layer in enumerate(self._names):
                 if counts[i, j] > 0:
                     value = (sums[i, j] / counts[i, j]).item()
-                    key = f"gradvar/{layer}/{tag}"
-                    self.results[key] = value
-                    # identical on every rank already; sync_dist only keeps DDP from warning
-                    pl_module.log(key, value, sync_dist=True, add_dataloader_idx=False)
+                    for tag in group:
+                        key = f"gradvar/{layer}/{tag}"
+                        self.results[key] = value
+                        # identical on every rank already; sync_dist only keeps DDP from warning
+                        pl_module.log(key, value, sync_dist=True, add_dataloader_idx=False)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Remove the hooks."""
@@ -117,3 +117,10 @@ def _tags(trainer: pl.Trainer, num_dataloaders: int) -> list[str]:
             f"datamodule.test_tags has {len(tags)} tags for {num_dataloaders} test dataloaders"
         )
     return list(tags)
+
+
+def tag_groups(trainer: pl.Trainer, num_dataloaders: int) -> list[list[str]]:
+    """Per test dataloader, every tag its results are logged under: its own, then its aliases
+    (the datamodule's ``test_aliases``: level 0 of every kind is one clean test set)."""
+    aliases = getattr(trainer.datamodule, "test_aliases", None) or {}
+    return [[tag, *aliases.get(tag, [])] for tag in _tags(trainer, num_dataloaders)]

@@ -185,11 +185,13 @@ class ImageClassifier(L.LightningModule):
         return logits.argmax(1)  # for callbacks (the confusion matrices); not kept by Lightning
 
     def on_test_epoch_end(self):
+        aliases = getattr(getattr(self.trainer, "datamodule", None), "test_aliases", None) or {}
         for tag, metrics in zip(self._test_tags(), self.test_metrics, strict=True):
             for key, m in metrics.items():
                 name = "err" if key == "top1" else "err5"
                 err = 100.0 * (1.0 - m.compute())
-                self.log(f"test/{name}/{tag}", err, add_dataloader_idx=False, sync_dist=True)
+                for t in (tag, *aliases.get(tag, [])):  # level 0 of every kind: one test set
+                    self.log(f"test/{name}/{t}", err, add_dataloader_idx=False, sync_dist=True)
                 m.reset()
 
     # ----------------------------------------------------------------- optimisation
