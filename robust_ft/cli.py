@@ -337,6 +337,7 @@ class RobustCLI(LightningCLI):
             self._print_summary()
         elif trainer.fast_dev_run:
             trainer.test(self.model, datamodule=self.datamodule, verbose=not self.summary)
+            self._print_summary()
         self._finish(log_checkpoints=cfg.tracking.log_checkpoints)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
