@@ -414,11 +414,9 @@ def estimate_seconds(sw: Sweep, cell: Cell) -> float | None:
 
 # ----------------------------------------------------------------- MLflow bookkeeping
 def _client():
-    from mlflow.tracking import MlflowClient
+    from robust_ft.tracking import client
 
-    from robust_ft.tracking import default_tracking_uri
-
-    return MlflowClient(default_tracking_uri())
+    return client()
 
 
 def find_parent(client, sw: Sweep):

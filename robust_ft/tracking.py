@@ -155,32 +155,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reap_dead_runs(experiment: str, uri: str | None = None) -> list[str]:
-    """Mark FAILED the RUNNING runs of this host whose process is gone (e.g. SIGKILLed)."""
+def client(uri: str | None = None):
+    """An MlflowClient on ``uri``, by default the store every robust-ft command uses."""
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(uri or default_tracking_uri())
+
+
+def reap_dead_runs(experiment: str, uri: str | None = None) -> list[str]:
+    """Mark FAILED the RUNNING runs of this host whose process is gone (e.g. SIGKILLed)."""
     host = socket.gethostname()
-    client = MlflowClient(uri or default_tracking_uri())
+    mlflow_client = client(uri)
     reaped = []
     for run in find_runs(experiment, "attributes.status = 'RUNNING'", uri):
         tags = run.data.tags
         pid = tags.get("pid", "")
         if tags.get("host") == host and pid.isdigit() and not _alive(int(pid)):
-            client.set_tag(run.info.run_id, "error", f"process {pid} died without ending the run")
-            client.set_terminated(run.info.run_id, "FAILED")
+            mlflow_client.set_tag(
+                run.info.run_id, "error", f"process {pid} died without ending the run"
+            )
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
             reaped.append(run.info.run_id)
     return reaped
 
 
 def find_runs(experiment: str, filter_string: str = "", uri: str | None = None, max_results=1000):
     """Runs of an experiment matching an MLflow filter, newest first ([] if no experiment)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri or default_tracking_uri())
-    exp = client.get_experiment_by_name(experiment)
+    mlflow_client = client(uri)
+    exp = mlflow_client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return client.search_runs(
+    return mlflow_client.search_runs(
         [exp.experiment_id],
         filter_string=filter_string,
         order_by=["attributes.start_time DESC"],

@@ -348,9 +348,9 @@ def trial_strategy(setting: Setting, storage_url: str) -> str | None:
 
 # ----------------------------------------------------------------- MLflow
 def _client():
-    from mlflow.tracking import MlflowClient
+    from robust_ft.tracking import client
 
-    return MlflowClient(default_tracking_uri())
+    return client()
 
 
 def log_summary(run_id: str, study: optuna.Study) -> None:
