@@ -39,6 +39,7 @@ import numbers
 import re
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,18 +157,28 @@ def _correlate(image: np.ndarray, kernel: np.ndarray, border: str) -> np.ndarray
     return ndimage.correlate(image, kernel[:, :, None], mode=border, cval=0.0)
 
 
-def _pad(x: torch.Tensor, p: int, border: str) -> torch.Tensor:
-    """Pad the last two dims of x by p on every side, exactly as scipy.ndimage's ``border``."""
+def _pad(x: torch.Tensor, p: int, border: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Pad the last two dims of x by p on every side, exactly as scipy.ndimage's ``border``;
+    the result in ``dtype`` (default x's), converted while it is copied."""
+    dtype = dtype or x.dtype
     if border == "constant":
-        return F.pad(x, (p, p, p, p))
+        return F.pad(x.to(dtype), (p, p, p, p))
     *lead, h, w = x.shape
     if border == "reflect" and 0 < p <= min(h, w):  # edge repeated: flipped slices, no gather
-        x = torch.cat([x[..., :p].flip(-1), x, x[..., w - p :].flip(-1)], -1)
-        x = torch.cat([x[..., :p, :].flip(-2), x, x[..., h - p :, :].flip(-2)], -2)
-        return x.contiguous()  # cat keeps a channels-last input's layout; callers view()
+        out = torch.empty((*lead, h + 2 * p, w + 2 * p), dtype=dtype, device=x.device)
+        out[..., p : p + h, p : p + w] = x
+        mid = out[..., p : p + h, :]
+        for j in range(p):  # column by column: cheaper than flipping strided slices
+            mid[..., p - 1 - j] = mid[..., p + j]
+            mid[..., p + w + j] = mid[..., p + w - 1 - j]
+        for i in range(p):
+            out[..., p - 1 - i, :] = out[..., p + i, :]
+            out[..., p + h + i, :] = out[..., p + h - 1 - i, :]
+        return out
     rows, cols = (np.pad(np.arange(s), p, mode=BORDERS[border]) for s in (h, w))
     flat = torch.from_numpy((rows[:, None] * w + cols[None, :]).ravel()).to(x.device)
-    return x.reshape(-1, h * w).index_select(1, flat).view(*lead, h + 2 * p, w + 2 * p)
+    out = x.reshape(-1, h * w).index_select(1, flat).view(*lead, h + 2 * p, w + 2 * p)
+    return out.to(dtype)
 
 
 def _correlate_batch(
@@ -181,9 +192,10 @@ def _correlate_batch(
     """
     n, c, h, w = x.shape
     k = kernels.shape[-1]
-    padded = _pad(x.to(dtype), k // 2, border)
+    padded = _pad(x, k // 2, border, dtype)
     weight = kernels.to(dtype).repeat_interleave(c, 0).unsqueeze(1)
-    y = F.conv2d(padded.view(1, n * c, h + k - 1, w + k - 1), weight, groups=n * c)
+    with _ieee_conv(x.device, dtype):
+        y = F.conv2d(padded.view(1, n * c, h + k - 1, w + k - 1), weight, groups=n * c)
     y = y.view(n, c, h, w)
     if not integer:
         return y.clamp_(0, 255)
@@ -192,16 +204,24 @@ def _correlate_batch(
     check = ~(kernels * 4096).frac().eq(0).flatten(1).all(1).to(x.device)  # non-dyadic kernels
     if not check.any():
         return rounded
-    tol = (k * k + 2) * 255 * 2 * torch.finfo(dtype).eps
+    # a sum of k*k products of integers <= 255 with weights of sum 1, each rounded once, in any
+    # order, plus the weights' own rounding and the +0.5: error <= (k*k + 2) * 255 * eps / 2;
+    # tol keeps a factor 2 over that bound
+    tol = (k * k + 2) * 255 * torch.finfo(dtype).eps
     near = shifted.sub_(rounded).sub_(0.5).abs_() >= 0.5 - tol
     if not check.all():
         near &= check.view(n, 1, 1, 1)
     flat = near.view(-1).nonzero().squeeze(1)
     if len(flat):
-        i, ch, row, col = torch.unravel_index(flat, near.shape)
+        # the k x k window of output pixel (plane, row, col) starts at the same (row, col) of
+        # the padded plane: one flat gather of padded offsets
+        hp, wp = h + k - 1, w + k - 1
+        plane, rc = flat.div(h * w, rounding_mode="floor"), flat.remainder(h * w)
+        start = plane * (hp * wp) + rc.div(w, rounding_mode="floor") * wp + rc.remainder(w)
         span = torch.arange(k, device=x.device)
-        rows, cols = (row[:, None] + span)[:, :, None], col[:, None, None] + span
-        patches = padded[i[:, None, None], ch[:, None, None], rows, cols]
+        window = (span[:, None] * wp + span[None, :]).view(1, -1)
+        patches = padded.view(-1)[start[:, None] + window].view(-1, k, k)
+        i = plane.div(c, rounding_mode="floor")
         exact = (patches.double() * kernels.to(x.device, torch.float64)[i]).sum((1, 2))
         rounded.view(-1)[flat] = torch.floor(exact + 0.5).to(dtype)
     return rounded
@@ -252,10 +272,13 @@ class Noise:
     def apply(self, x: torch.Tensor, params: torch.Tensor, border: str, dtype, integer: bool):
         """Add the sampled noise (consumed: updated in place) to a batch (N,C,H,W), in ``dtype``.
 
-        Rounds half to even, not half up: with continuous noise a tie has probability zero.
+        Integer images get the noise rounded (half to even) and then added: integer + integer
+        is exact in float32 and float64 alike, so the bytes do not depend on ``dtype``; with
+        continuous noise this is rounding the sum, except at exact .5 ties (probability ~0).
         """
-        y = params.to(x.device, dtype).add_(x)
-        return (y.round_() if integer else y).clamp_(0, 255)
+        if integer:
+            return params.to(x.device, dtype).round_().add_(x).clamp_(0, 255)
+        return params.to(x.device, dtype).add_(x).clamp_(0, 255)
 
     @staticmethod
     def concat(params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -465,11 +488,36 @@ def distort(
 # ----------------------------------------------------------------------------- batched
 
 
+FLOAT32_DEVICES = {"cpu", "cuda"}
+"""Device types whose uint8 batches are blurred in float32 (exact rounding restored in
+``_correlate_batch``; IEEE float32, no TF32, on CUDA); others use float64. Both give the same
+bytes (tested on the CPU; on an H200 by ``benchmarks/gpu.py``, where float32 was up to 1.5x
+faster)."""
+
+
 def _compute_dtype(images: torch.Tensor) -> torch.dtype:
-    """float32 on CPU (exact rounding is restored in _correlate_batch); float64 elsewhere."""
-    if images.dtype == torch.float64 or images.device.type != "cpu":
+    if images.dtype == torch.float64 or images.device.type not in FLOAT32_DEVICES:
         return torch.float64
     return torch.float32
+
+
+@contextmanager
+def _ieee_conv(device: torch.device, dtype: torch.dtype):
+    """cuDNN convolutions in full float32 (TF32 would break the rounding bound) while inside."""
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    # torch >= 2.9 has per-operator precision flags; mixing them with allow_tf32 is an error
+    owner, name, value = torch.backends.cudnn, "allow_tf32", False
+    conv = getattr(owner, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        owner, name, value = conv, "fp32_precision", "ieee"
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
 
 
 def _sample_batch(
