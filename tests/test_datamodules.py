@@ -98,6 +98,8 @@ def test_online_mode_distorts_afresh_each_pass(tmp_path):
         (dict(val_split=1.5), "val_split"),
         (dict(test_levels=[1]), "test_kinds"),
         (dict(batch_size=0), "batch_size"),
+        (dict(distort_device="gpu0"), "not a device; use auto, cpu, cuda or cuda:N"),
+        (dict(distort_device="meta"), "distortions run on auto, cpu or cuda"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):
@@ -178,3 +180,36 @@ def test_imagefolder_rejects_non_image(tmp_path):
 def test_imagefolder_missing_tree(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="no train/ directory"):
         ImageFolderDataModule(root=str(tmp_path / "none"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_distort_device_cuda_without_a_gpu_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="sees no CUDA GPU; use auto or cpu"):
+        _dm(tmp_path, distort_device="cuda")
+
+
+def test_batches_are_pinned_only_for_a_gpu(tmp_path):
+    """pin_memory (on by default) pins nothing when the Trainer runs on the CPU."""
+    import lightning as L
+
+    dm = _setup(_dm(tmp_path))
+    assert dm.pin_memory and dm.train_dataloader().pin_memory is False  # no trainer yet
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    assert dm.train_dataloader().pin_memory is False
+    if torch.cuda.is_available():
+        dm.trainer = L.Trainer(accelerator="gpu", devices=1, logger=False)
+        assert dm.train_dataloader().pin_memory is True
+
+
+def test_normalisation_constants_are_made_once_per_device(tmp_path):
+    dm = _dm(tmp_path)
+    dm.prepare_data()
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    a, _ = dm.on_after_batch_transfer((x, y), 0)
+    first = dm._moments(x.device)
+    b, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert dm._moments(x.device)[0] is first[0]
+    torch.testing.assert_close(a, b)
+    mean, std = torch.tensor(dm.info.mean), torch.tensor(dm.info.std)
+    torch.testing.assert_close(a, (x.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))

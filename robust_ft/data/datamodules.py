@@ -135,6 +135,8 @@ class DistortedDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 100,
         num_workers: int = 0,
+        pin_memory: bool = True,
+        distort_device: str = "auto",
         cache: bool = True,
         cache_dir: str | None = None,
         download: bool = False,
@@ -153,6 +155,11 @@ class DistortedDataModule(L.LightningDataModule):
             seed: seeds the split, the subset and the distortions.
             batch_size: images per batch.
             num_workers: DataLoader workers (0 is fastest for in-memory data).
+            pin_memory: page-locked batches, so the copy to a GPU runs asynchronously (only
+                when training on a GPU; 1.1-1.2x for AlexNet on an H200, neutral for the small
+                models).
+            distort_device: where distorted splits are generated: ``auto`` (a GPU when there is
+                one), ``cpu``, ``cuda`` or ``cuda:N``. The bytes are the same on any device.
             cache: materialise distorted splits once on disk (else distort online every epoch).
             cache_dir: where cached splits live (default ``<root>/cache``).
             download: allow a network download of the dataset when it is missing.
@@ -188,6 +195,8 @@ class DistortedDataModule(L.LightningDataModule):
         self.train_subset, self.test_subset = train_subset, test_subset
         self.val_split, self.seed = val_split, seed
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory = pin_memory
+        self.distort_device = _distort_device(distort_device)
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
         self.download = download
@@ -267,9 +276,14 @@ class DistortedDataModule(L.LightningDataModule):
         seed = int(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8], 16)
         return load_or_create(
             path,
-            lambda: distort_array(images, kind, level, seed=seed),
+            lambda: distort_array(images, kind, level, seed=seed, device=self._distort_on()),
             expected_shape=images.shape,
         )
+
+    def _distort_on(self) -> torch.device:
+        if self.distort_device != "auto":
+            return torch.device(self.distort_device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def _split_sets(self, split: str) -> list[tuple[str | None, float | tuple]]:
         return self.test_sets if split == "test" else [(self.kind, self.level)]
@@ -325,14 +339,27 @@ class DistortedDataModule(L.LightningDataModule):
             else:
                 sampler = SequentialSampler(ds)
             batches = _Batches(sampler, self.batch_size, drop_last=False)
-            return DataLoader(ds, sampler=batches, batch_size=None, num_workers=self.num_workers)
+            return DataLoader(
+                ds,
+                sampler=batches,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self._pin(),
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._pin(),
         )
+
+    def _pin(self) -> bool:
+        """Pin only when batches go to a CUDA device (pinning for the CPU is wasted work)."""
+        trainer = getattr(self, "trainer", None)
+        root = getattr(getattr(trainer, "strategy", None), "root_device", None)
+        return bool(self.pin_memory) and getattr(root, "type", None) == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._data["train"][0], shuffle=True)
@@ -347,10 +374,39 @@ class DistortedDataModule(L.LightningDataModule):
         """uint8 -> float, scaled to 0..1 and normalised with the dataset's mean/std, on device."""
         x, y = batch
         if x.dtype == torch.uint8:
-            mean = torch.tensor(self.info.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
+            mean, std = self._moments(x.device)
             x = (x.float().div_(255.0) - mean) / std
         return x, y
+
+    def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std (1,C,1,1) on ``device``, made once: a copy to a GPU per batch would
+        wait for the GPU's queue to drain every step."""
+        cached = getattr(self, "_moments_on", None)
+        if cached is None or cached[0] != device:
+            moments = (
+                torch.tensor(v, device=device).view(1, -1, 1, 1)
+                for v in (self.info.mean, self.info.std)
+            )
+            self._moments_on = cached = (device, *moments)
+        return cached[1], cached[2]
+
+
+def _distort_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, checked now rather than at the first split."""
+    try:
+        parsed = None if device == "auto" else torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"distort_device={device!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from err
+    if parsed is not None and parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"distort_device={device!r}: distortions run on auto, cpu or cuda[:N]")
+    if parsed is not None and parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"distort_device={device!r} but torch sees no CUDA GPU; use auto or cpu "
+            "(the bytes are the same)"
+        )
+    return device
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:
