@@ -136,3 +136,25 @@ def test_alexnet_without_weights_says_what_to_do(no_download, tmp_path):
 def test_alexnet_weights_with_the_wrong_shape_are_refused(torchvision_alexnet):
     with pytest.raises(RuntimeError, match=r"fc8.weight has shape \(1000, 4096\).*\(10, 4096\)"):
         AlexNet(num_classes=10).load_pretrained(torchvision_alexnet[1])
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "cifar10_quick"])
+def test_channels_last_classifier_computes_what_the_plain_layout_does(arch):
+    """channels_last (the default) changes the memory layout, not the function or its gradient."""
+    from robust_ft.models.classifier import ImageClassifier
+
+    torch.manual_seed(0)
+    nhwc = ImageClassifier(arch=arch)
+    nchw = ImageClassifier(arch=arch, channels_last=False)
+    nchw.load_state_dict(nhwc.state_dict())
+    assert nhwc.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, *build(arch).input_shape)
+    y = torch.randint(0, 10, (8,))
+    grads = []
+    for model in (nhwc, nchw):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads.append(model.net.conv1.weight.grad)
+    torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)

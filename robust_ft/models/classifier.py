@@ -56,6 +56,7 @@ class ImageClassifier(L.LightningModule):
         finetune: Schedule | None = None,
         init_from: str | None = None,
         pretrained: bool = False,
+        channels_last: bool = True,
     ):
         """A classifier.
 
@@ -79,6 +80,9 @@ class ImageClassifier(L.LightningModule):
                 ``runs:/<id>/<path>`` or ``latest`` (the newest clean pre-train of this model and
                 dataset) — the CLI resolves references to a local file.
             pretrained: load published weights where the architecture has them (AlexNet).
+            channels_last: NHWC memory layout for weights and batches. Measured (README,
+                Performance): 1.1-1.5x faster training on a 2-core CPU, neutral to 1.1x on an
+                H200 in float32, and with bf16 autocast it lifts AlexNet to 1.5-1.8x.
         """
         super().__init__()
         if isinstance(finetune, Schedule):  # plain types only: checkpoints load weights_only
@@ -106,6 +110,8 @@ class ImageClassifier(L.LightningModule):
             from robust_ft.checkpoints import load_net_weights
 
             load_net_weights(self.net, init_from)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.top5 = num_classes > 10
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_metrics = torch.nn.ModuleList()
@@ -130,6 +136,8 @@ class ImageClassifier(L.LightningModule):
         return Schedule(hp.lr, hp.lr_schedule, hp.lr_milestones, hp.lr_gamma, hp.lr_final, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def configure_callbacks(self):
@@ -142,7 +150,7 @@ class ImageClassifier(L.LightningModule):
     # ----------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log(
             "train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
@@ -151,7 +159,7 @@ class ImageClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         self.val_acc.update(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), batch_size=len(y), sync_dist=True)
 
@@ -179,7 +187,7 @@ class ImageClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         for m in self.test_metrics[dataloader_idx].values():
             m.update(logits, y)
         return logits.argmax(1)  # for callbacks (the confusion matrices); not kept by Lightning
