@@ -212,4 +212,6 @@ def test_normalisation_constants_are_made_once_per_device(tmp_path):
     assert dm._moments(x.device)[0] is first[0]
     torch.testing.assert_close(a, b)
     mean, std = torch.tensor(dm.info.mean), torch.tensor(dm.info.std)
-    torch.testing.assert_close(a, (x.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1))
+    torch.testing.assert_close(
+        a, (x.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    )
