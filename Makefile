@@ -14,7 +14,7 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench bench-setup sweep report tune clean
+.PHONY: setup data demo test test-fast lint format bench bench-setup bench-gpu sweep report tune clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -70,6 +70,9 @@ bench: bench-setup
 	$(BIN)/python benchmarks/distortions.py --out benchmarks/results/distortions.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
+
+bench-gpu: $(BIN)/.installed  # on a machine with a CUDA GPU (README: Performance, on a GPU)
+	$(BIN)/python benchmarks/gpu.py --out benchmarks/results/gpu.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
