@@ -6,6 +6,7 @@
    and warm (cache), vs the pure forward time of 20 x N clean images.
 3. Reading a cached distorted split vs regenerating it.
 4. Fine-tune first-N vs re-train: time per epoch.
+5. The memory layout: channels_last (ImageClassifier's default) vs contiguous NCHW, bare loop.
 
 Usage: python benchmarks/training.py [--quick] [--out benchmarks/results/training.json]
 """
@@ -90,10 +91,13 @@ def lightning_epoch(arch: str, dm, first_n: int | None = None) -> float:
     return lightning_fit(arch, dm, first_n)[0]
 
 
-def bare_epoch(arch: str, dm) -> float:
-    """Seconds for one epoch of a hand-written loop over the same uint8 tensors."""
+def bare_epoch(arch: str, dm, channels_last: bool = True) -> float:
+    """Seconds for one epoch of a hand-written loop over the same uint8 tensors, in the memory
+    layout ImageClassifier uses by default (channels_last)."""
     ds = dm._data["train"][0]
     net = build(arch)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     mean = torch.tensor(dm.info.mean).view(1, -1, 1, 1)
     std = torch.tensor(dm.info.std).view(1, -1, 1, 1)
@@ -101,7 +105,7 @@ def bare_epoch(arch: str, dm) -> float:
     t = time.perf_counter()
     for i in range(0, len(ds), dm.batch_size):
         idx = perm[i : i + dm.batch_size]
-        x = (ds.images[idx].float().div_(255) - mean) / std
+        x = ((ds.images[idx].float().div_(255) - mean) / std).contiguous(memory_format=fmt)
         loss = F.cross_entropy(net(x), ds.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,6 +172,13 @@ def main(argv=None) -> dict:
                      "ratio": median(b / e for b, e in zip(bare, tl, strict=True)),
                      "fit_overhead_s": median(f - e for e, f in fits),
                      "lightning_s": tl, "bare_s": bare})  # fmt: skip
+        nhwc, nchw = [], []
+        for _ in range(max(2, rounds - 2)):  # the memory layout alone, in the bare loop
+            nhwc.append(bare_epoch(arch, dm, channels_last=True))
+            nchw.append(bare_epoch(arch, dm, channels_last=False))
+        rows.append({"bench": "layout", "model": arch, "channels_last_s": median(nhwc),
+                     "contiguous_s": median(nchw),
+                     "ratio": median(c / n for c, n in zip(nchw, nhwc, strict=True))})  # fmt: skip
         n_layers = len(build(arch).param_layers())
         for k in (1, 3):
             ft, rt = [], []
@@ -185,7 +196,12 @@ def main(argv=None) -> dict:
     for r in range(2):
         cache_root = str(Path(tmp) / f"grid{r}")
         cold.append(eval_grid(n, cache_root))
-        fwd.append(forward_time(build("lenet5"), x, 500, 20))
+        cl = torch.channels_last  # ImageClassifier's default layout
+        fwd.append(
+            forward_time(
+                build("lenet5").to(memory_format=cl), x.contiguous(memory_format=cl), 500, 20
+            )
+        )
         warm.append(eval_grid(n, cache_root))
     rows.append({"bench": "eval_grid", "cold_s": median(cold), "warm_s": median(warm),
                  "forward_20x_s": median(fwd),
@@ -229,6 +245,10 @@ def table(rows: list[dict], n: int) -> str:
             out.append(f"| {r['model']} training, Lightning vs bare loop (batch {r['batch_size']}) | "
                        f"{r['lightning_img_s']:,.0f} vs {r['bare_img_s']:,.0f} img/s | "
                        f"{r['ratio']:.2f} | >= 0.95 |")  # fmt: skip
+        elif r["bench"] == "layout":
+            out.append(f"| {r['model']} epoch (bare loop), channels_last vs contiguous NCHW | "
+                       f"{r['channels_last_s']:.2f} vs {r['contiguous_s']:.2f} s | "
+                       f"{r['ratio']:.2f}x faster | (> 1: channels_last, the default, pays) |")  # fmt: skip
         elif r["bench"] == "finetune_vs_retrain":
             out.append(f"| {r['model']} epoch, first-{r['first_n']} fine-tune vs re-train | "
                        f"{r['finetune_s']:.2f} vs {r['retrain_s']:.2f} s | {r['ratio']:.2f} | "
