@@ -188,9 +188,9 @@ class RobustCLI(LightningCLI):
         ft = cfg.model.finetune
         first_n = cfg.model.first_n
         if ft is not None and ft.max_epochs and first_n and self.subcommand == "fit":
-            from robust_ft.models import build
+            from robust_ft.models import n_param_layers
 
-            n = len(build(cfg.model.arch, num_classes=2).param_layers())
+            n = n_param_layers(cfg.model.arch)
             if first_n < n or ref:
                 cfg.trainer.max_epochs = ft.max_epochs
 
@@ -467,11 +467,12 @@ class _active:
 
     def __exit__(self, *exc):
         import mlflow
-        from mlflow.tracking import MlflowClient
+
+        from robust_ft.tracking import client
 
         if self._own:
             # end_run would mark the run FINISHED; keep its status as the logger decides.
-            status = MlflowClient(self.logger._tracking_uri).get_run(self.logger.run_id).info.status
+            status = client(self.logger._tracking_uri).get_run(self.logger.run_id).info.status
             mlflow.end_run(status)
         return False
 

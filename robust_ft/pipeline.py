@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from robust_ft.cli import run_cli
-from robust_ft.tracking import check_reachable, default_tracking_uri, ui_command
+from robust_ft.tracking import check_reachable, default_tracking_uri, redact, ui_command
+from robust_ft.tracking import client as tracking_client
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -110,7 +111,7 @@ def demo_main(argv: list[str] | None = None) -> dict:
     _close_parent(parent)
     table = format_tables(a, pre, notrain, results)
     print(table)
-    print(f"\n[demo] done in {time.time() - start:.0f} s. MLflow store: {uri}")
+    print(f"\n[demo] done in {time.time() - start:.0f} s. MLflow store: {redact(uri)}")
     print(f"[demo] open the UI: {ui_command(uri)}")
     return {"pretrain": pre, "notrain": notrain, **results}
 
@@ -151,9 +152,7 @@ def _parent_run(experiment: str, name: str, params: dict) -> str:
 
 def parent_run(experiment: str, name: str, params: dict) -> tuple[str, str]:
     """The parent run of a pipeline and its experiment: `mlflow run`'s run, else a new one."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(default_tracking_uri())
+    client = tracking_client()
     if os.environ.get("MLFLOW_RUN_ID"):
         run = client.get_run(os.environ["MLFLOW_RUN_ID"])
         client.set_tag(run.info.run_id, "pipeline", name)
@@ -167,10 +166,8 @@ def parent_run(experiment: str, name: str, params: dict) -> tuple[str, str]:
 
 
 def _close_parent(run_id: str) -> None:
-    from mlflow.tracking import MlflowClient
-
     if os.environ.get("MLFLOW_RUN_ID") != run_id:
-        MlflowClient(default_tracking_uri()).set_terminated(run_id, "FINISHED")
+        tracking_client().set_terminated(run_id, "FINISHED")
 
 
 def show_distortions_main(argv: list[str] | None = None) -> Path:

@@ -464,29 +464,19 @@ def schedules(runs: list) -> dict[str, str]:
     return out
 
 
-def _redact(uri: str) -> str:
-    """A tracking URI without credentials."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
-
-
 def build_report(parent_run: str | None = None, experiments: Iterable[str] = (),
                  out: str | Path = "report", tracking_uri: str | None = None,
                  log: bool = True) -> Path:  # fmt: skip
     """Write the report of a sweep (or of experiments) into ``out``; log it to the parent run."""
-    from mlflow.tracking import MlflowClient
-
-    from robust_ft.tracking import check_reachable, default_tracking_uri
+    from robust_ft.tracking import check_reachable, client, default_tracking_uri, redact
 
     uri = tracking_uri or default_tracking_uri()
     check_reachable(uri)
-    client = MlflowClient(uri)
-    runs = fetch_runs(client, parent_run, experiments)
+    mlflow_client = client(uri)
+    runs = fetch_runs(mlflow_client, parent_run, experiments)
     if not runs:
         raise ValueError(
-            f"no FINISHED runs with a method tag found in {_redact(uri)}"
+            f"no FINISHED runs with a method tag found in {redact(uri)}"
             + (f" under parent run {parent_run}" if parent_run else "")
         )
     out = Path(out)
@@ -500,9 +490,9 @@ def build_report(parent_run: str | None = None, experiments: Iterable[str] = (),
     ce.to_csv(out / "mce.csv", index=False, float_format="%.2f")
     fnd.to_csv(out / "findings.csv", index=False)
     figs = figures(agg, out)
-    source = {"tracking URI": _redact(uri), "runs": str(len(runs))}
+    source = {"tracking URI": redact(uri), "runs": str(len(runs))}
     if parent_run:
-        parent = client.get_run(parent_run)
+        parent = mlflow_client.get_run(parent_run)
         source["sweep parent run"] = parent_run
         source.update({k.removeprefix("sweep."): v for k, v in parent.data.params.items()
                        if k.startswith("sweep.") and not k.startswith("sweep.grid.")})  # fmt: skip
@@ -517,7 +507,7 @@ def build_report(parent_run: str | None = None, experiments: Iterable[str] = (),
     if own and log and own not in targets:
         targets.append(own)
     for run_id in targets:
-        client.log_artifacts(run_id, str(out), "report")
+        mlflow_client.log_artifacts(run_id, str(out), "report")
     print(f"[report] {len(runs)} runs -> {out}/index.html ({len(figs)} figures)"
           + (f"; logged to run(s) {', '.join(targets)}" if targets else ""), flush=True)  # fmt: skip
     return out / "index.html"
@@ -547,12 +537,9 @@ def main(argv: list[str] | None = None) -> Path:
     experiments = [e for e in a.experiment if e]  # `mlflow run` passes empty parameters as ''
     parent = a.parent or None
     if not parent and not experiments:  # a named sweep, else the newest one, else every run
-        from mlflow.tracking import MlflowClient
+        from robust_ft.tracking import client
 
-        from robust_ft.tracking import default_tracking_uri
-
-        client = MlflowClient(a.tracking_uri or default_tracking_uri())
-        parent = _find_sweep(client, a.sweep or None)
+        parent = _find_sweep(client(a.tracking_uri), a.sweep or None)
     start = time.time()
     path = build_report(parent, experiments, a.out, a.tracking_uri, log=not a.no_log)
     print(f"[report] done in {time.time() - start:.1f} s")

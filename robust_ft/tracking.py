@@ -26,11 +26,33 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def redact(url: str) -> str:
+    """A URL (tracking URI, Optuna storage) without its password, for messages, logs and MLflow.
+
+    ``user:password@`` keeps the user; a bare ``token@`` of an http(s) URL is hidden whole.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rsplit("@", 1)[-1]
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        userinfo = f"{user}:***"
+    elif parts.scheme in ("http", "https"):
+        userinfo = "***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
 def ui_command(uri: str | None = None) -> str:
     """The one command that opens the MLflow UI on a store."""
     uri = uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
+        return f"open {redact(uri)} in a browser"
     return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
 
 
@@ -47,7 +69,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
     except (urllib.error.URLError, OSError) as e:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({e}); start it (`mlflow server`), fix "
+            f"MLflow tracking server {redact(uri)} is unreachable ({e}); start it (`mlflow server`), fix "
             "MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
         ) from e
 
@@ -203,19 +225,17 @@ def resolve_checkpoint(
     """
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     uri = uri or default_tracking_uri()
     if ref not in ("latest",) and not ref.startswith("runs:/") and Path(ref).exists():
         return Path(ref), None
-    client = MlflowClient(uri)
     if ref == "latest":
         runs = find_runs(
             experiment, "tags.method = 'pretrain' and attributes.status = 'FINISHED'", uri
         )
         if not runs:
             raise TrackingError(
-                f"no finished clean pre-train run in experiment {experiment!r} at {uri}; run "
+                f"no finished clean pre-train run in experiment {experiment!r} at {redact(uri)}; run "
                 "`mlflow run . -e pretrain ...` first or pass --model.init_from <run id or .ckpt>"
             )
         run_id, artifact = runs[0].info.run_id, f"{ARTIFACT_CKPT_DIR}/best.ckpt"
@@ -230,9 +250,11 @@ def resolve_checkpoint(
             "runs:/<run_id>/<path>, nor 'latest'"
         )
     try:
-        client.get_run(run_id)
+        client(uri).get_run(run_id)
     except MlflowException as e:
-        raise TrackingError(f"MLflow run {run_id} does not exist in {uri}: check the id") from e
+        raise TrackingError(
+            f"MLflow run {run_id} does not exist in {redact(uri)}: check the id"
+        ) from e
     out = Path(dest) / run_id
     out.mkdir(parents=True, exist_ok=True)
     try:

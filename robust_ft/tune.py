@@ -30,6 +30,7 @@ from robust_ft.pipeline import _parent_run, base_config
 from robust_ft.tracking import (
     check_reachable,
     default_tracking_uri,
+    redact,
     resolve_checkpoint,
     ui_command,
 )
@@ -47,18 +48,6 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 # ----------------------------------------------------------------- storage, pruner
-def redact(url: str) -> str:
-    """A storage URL without its password, for logs and MLflow."""
-    if url.startswith("journal:"):
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a malformed URL is reported by make_storage
-        return url.split("@")[-1]
-
-
 def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
     """An Optuna storage from ``sqlite:///file.db``, any RDB URL, or ``journal:PATH``.
 
@@ -254,7 +243,7 @@ def read_setting(args: list[str]) -> Setting:
     import importlib
 
     from robust_ft.data.distortions import level_tag
-    from robust_ft.models import build
+    from robust_ft.models import n_param_layers
 
     try:
         _PeekCLI(args=args)
@@ -268,7 +257,7 @@ def read_setting(args: list[str]) -> Setting:
     if ft is None:
         raise ValueError("the config has no model.finetune schedule to tune (see conf/*.yaml)")
     dist = cfg.data.init_args.distortion
-    n_layers = len(build(cfg.model.arch, num_classes=2).param_layers())
+    n_layers = n_param_layers(cfg.model.arch)
     return Setting(
         experiment=experiment,
         arch=cfg.model.arch,

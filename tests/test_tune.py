@@ -60,8 +60,21 @@ def test_storage_url_forms(tmp_path):
             tune_mod.make_storage(bad)
 
 
-def test_redact_hides_password():
-    assert "secret" not in tune_mod.redact("postgresql://me:secret@db:5432/optuna")
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://me:secret@db:5432/optuna", "postgresql://me:***@db:5432/optuna"),
+        ("postgresql+psycopg://me:secret@db/optuna", "postgresql+psycopg://me:***@db/optuna"),
+        ("http://user:secret@mlflow:5000", "http://user:***@mlflow:5000"),
+        ("https://secret@mlflow.example", "https://***@mlflow.example"),
+        ("postgresql://me@db/optuna", "postgresql://me@db/optuna"),  # no password: unchanged
+        ("sqlite:////tmp/optuna.db", "sqlite:////tmp/optuna.db"),
+        ("journal:/tmp/study.log", "journal:/tmp/study.log"),
+    ],
+)
+def test_redact_hides_passwords_and_tokens(url, shown):
+    """One redactor for tracking URIs and Optuna storages (report, tune, error messages)."""
+    assert tune_mod.redact(url) == shown
 
 
 def test_search_space_and_flags():
