@@ -291,9 +291,9 @@ def _load_cfg(grid: Grid) -> dict:
 
 
 def _input_shape(model: str) -> tuple[int, ...]:
-    from robust_ft.models import build
+    from robust_ft.models import input_shape
 
-    return tuple(build(model, num_classes=10).input_shape)
+    return input_shape(model)
 
 
 def synthetic_flags(model: str, n_train: int, n_test: int) -> list[str]:
@@ -366,9 +366,9 @@ def cell_args(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> l
 
 
 def _n_layers(model: str) -> int:
-    from robust_ft.models import build
+    from robust_ft.models import n_param_layers
 
-    return len(build(model, num_classes=10).param_layers())
+    return n_param_layers(model)
 
 
 # ----------------------------------------------------------------- time estimate

@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from robust_ft.models import MODELS, AlexNet, Cifar10Quick, LeNet5, build
+from robust_ft.models import (
+    MODELS,
+    AlexNet,
+    Cifar10Quick,
+    LeNet5,
+    build,
+    input_shape,
+    n_param_layers,
+)
 
 PAPER = {  # name: (class, parameter count, first-N layer names, classes)
     "lenet5": (LeNet5, 431_080, ["conv1", "conv2", "fc1", "fc2"], 10),
@@ -35,6 +43,8 @@ def test_registry_size_and_layer_order(name):
     assert net.param_layers() == [getattr(net, n) for n in layer_names]
     assert sum(n_params(layer) for layer in net.param_layers()) == count  # nothing left out
     assert net.default_gradvar_layer in layer_names
+    assert n_param_layers(name) == len(layer_names)  # known without building the network
+    assert input_shape(name) == tuple(net.input_shape)
 
 
 @pytest.mark.parametrize("name", PAPER)

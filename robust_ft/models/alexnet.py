@@ -31,6 +31,7 @@ class AlexNet(nn.Module):
     """AlexNet (torchvision variant): 5 conv layers and 3 fully connected, 61,100,840 parameters."""
 
     input_shape = (3, 224, 224)
+    PARAM_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
     default_gradvar_layer = "conv3"
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
@@ -47,7 +48,7 @@ class AlexNet(nn.Module):
 
     def param_layer_names(self) -> list[str]:
         """Names of the layers with parameters, in the paper's first-N order."""
-        return ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+        return list(self.PARAM_LAYERS)
 
     def param_layers(self) -> list[nn.Module]:
         """Layers with parameters, in the paper's first-N order."""

@@ -19,6 +19,7 @@ class Cifar10Quick(nn.Module):
     """CIFAR10-quick: three 5x5 conv stages (32, 32, 64 maps), fc 1024->64, ReLU, fc 64->10."""
 
     input_shape = (3, 32, 32)
+    PARAM_LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
     default_gradvar_layer = "conv3"
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -31,7 +32,7 @@ class Cifar10Quick(nn.Module):
 
     def param_layer_names(self) -> list[str]:
         """Names of the layers with parameters, in the paper's first-N order."""
-        return ["conv1", "conv2", "conv3", "fc1", "fc2"]
+        return list(self.PARAM_LAYERS)
 
     def param_layers(self) -> list[nn.Module]:
         """Layers with parameters, in the paper's first-N order."""

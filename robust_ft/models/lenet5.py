@@ -9,6 +9,7 @@ class LeNet5(nn.Module):
     """LeNet-5: two 5x5 conv + max-pool stages, then fc 800->500 ("flatten"), ReLU, fc 500->10."""
 
     input_shape = (1, 28, 28)
+    PARAM_LAYERS = ("conv1", "conv2", "fc1", "fc2")
     default_gradvar_layer = "conv2"
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -20,7 +21,7 @@ class LeNet5(nn.Module):
 
     def param_layer_names(self) -> list[str]:
         """Names of the layers with parameters, in the paper's first-N order."""
-        return ["conv1", "conv2", "fc1", "fc2"]
+        return list(self.PARAM_LAYERS)
 
     def param_layers(self) -> list[nn.Module]:
         """Layers with parameters, in the paper's first-N order."""
