@@ -169,16 +169,16 @@ class ImageClassifier(L.LightningModule):
         self.log("val/err", 100.0 * (1.0 - self.val_acc.compute()), sync_dist=True)
         self.val_acc.reset()
 
-    def _test_tags(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        n = len(self.trainer.test_dataloaders or [])
-        tags = list(getattr(dm, "test_tags", []) or [])
-        return tags if len(tags) == n else [f"dl{i}" for i in range(n)]
+    def _tag_groups(self) -> list[list[str]]:
+        """Per test dataloader, the tags its errors are logged under (see ``tag_groups``)."""
+        from robust_ft.callbacks.grad_stats import tag_groups
+
+        return tag_groups(self.trainer, len(self.trainer.test_dataloaders or []))
 
     def on_test_start(self):
         n_cls = self.hparams.num_classes
         metrics = []
-        for _ in self._test_tags():
+        for _ in self._tag_groups():
             m = {"top1": MulticlassAccuracy(n_cls, average="micro")}
             if self.top5:
                 m["top5"] = MulticlassAccuracy(n_cls, top_k=5, average="micro")
@@ -193,12 +193,11 @@ class ImageClassifier(L.LightningModule):
         return logits.argmax(1)  # for callbacks (the confusion matrices); not kept by Lightning
 
     def on_test_epoch_end(self):
-        aliases = getattr(getattr(self.trainer, "datamodule", None), "test_aliases", None) or {}
-        for tag, metrics in zip(self._test_tags(), self.test_metrics, strict=True):
+        for tags, metrics in zip(self._tag_groups(), self.test_metrics, strict=True):
             for key, m in metrics.items():
                 name = "err" if key == "top1" else "err5"
                 err = 100.0 * (1.0 - m.compute())
-                for t in (tag, *aliases.get(tag, [])):  # level 0 of every kind: one test set
+                for t in tags:  # level 0 of every kind: one test set, logged under each L0 tag
                     self.log(f"test/{name}/{t}", err, add_dataloader_idx=False, sync_dist=True)
                 m.reset()
 
