@@ -491,8 +491,8 @@ def distort(
 FLOAT32_DEVICES = {"cpu", "cuda"}
 """Device types whose uint8 batches are blurred in float32 (exact rounding restored in
 ``_correlate_batch``; IEEE float32, no TF32, on CUDA); others use float64. Both give the same
-bytes (tested on the CPU; on an H200 by ``benchmarks/gpu.py``, where float32 was up to 1.5x
-faster)."""
+bytes: tested on the CPU (tests/test_distortions.py), and on an H200 by ``benchmarks/gpu.py``
+(there float32 was up to 1.5x faster) before the last CPU speed-ups, which keep that argument."""
 
 
 def _compute_dtype(images: torch.Tensor) -> torch.dtype:
