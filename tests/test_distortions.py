@@ -528,14 +528,16 @@ def test_render_distortion_grid(tmp_path):
 
 @pytest.mark.parametrize("border", sorted(BORDERS))
 def test_batched_padding_equals_numpy_pad(border):
-    """The torch padding (flipped slices for 'reflect', a gather otherwise) is numpy.pad exactly,
-    for pads smaller and larger than the image and for channels-last input."""
+    """The torch padding (copied edges for 'reflect', a gather otherwise) is numpy.pad exactly,
+    for pads smaller and larger than the image, for channels-last input, and converting uint8 to
+    float32 on the way."""
     from robust_ft.data.distortions import _pad
 
     x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
-    for inp in (x, x.to(memory_format=torch.channels_last)):
+    for inp in (x, x.to(memory_format=torch.channels_last), x.to(torch.uint8)):
         for p in range(9):
-            got = _pad(inp, p, border)
+            got = _pad(inp, p, border, torch.float32)
             want = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)), mode=BORDERS[border])
+            assert got.dtype == torch.float32
             assert got.is_contiguous() or border == "constant"
             np.testing.assert_array_equal(got.numpy(), want)
