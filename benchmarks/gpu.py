@@ -11,6 +11,8 @@
    on the GPU.
 4. robust-ft's Lightning path (ImageClassifier + DataModule + Trainer on the GPU): precision
    32 / bf16-mixed, pin_memory, channels_last, vs the bare loop fed from the host.
+5. ``--sections datamodule``: the DataModule's cold test grid generated on the CPU vs the GPU
+   (``distort_device``), same bytes required; ``profile``: cProfile of one LeNet-5 epoch.
 
 Needs only torch, lightning, torchmetrics, numpy and scipy (not MLflow): the GPU machines carry
 those. Sections past ``--budget`` seconds are skipped and say so. Without a GPU it runs on the
@@ -134,7 +136,8 @@ def distortions(device, quick: bool, rounds: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- 2./3. bare loop
-def _data(arch: str, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(arch: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random uint8 images of the model's shape (on the CPU) and labels."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, *SHAPES[arch]), generator=g, dtype=torch.uint8)
     y = torch.randint(0, CLASSES[arch], (n,), generator=g)
@@ -196,7 +199,7 @@ def training(device, quick: bool, rounds: int, deadline: float) -> list[dict]:
             if time.perf_counter() > deadline:
                 rows.append({"bench": "train_precision", "model": arch, "skipped": "budget"})
                 continue
-            x, y = _data(arch, n, device)
+            x, y = _data(arch, n)
             variants = {"fp32": {}, "channels_last": {"channels_last": True},
                         "bf16": {"bf16": True}, "bf16+channels_last": {"bf16": True, "channels_last": True}}  # fmt: skip
             if device.type != "cuda":
@@ -209,7 +212,7 @@ def training(device, quick: bool, rounds: int, deadline: float) -> list[dict]:
                          **{f"{k}/fp32": t["fp32"] / v for k, v in t.items() if k != "fp32"}})  # fmt: skip
         if arch == "alexnet" or device.type != "cuda" or time.perf_counter() > deadline:
             continue
-        x, y = _data(arch, n, device)
+        x, y = _data(arch, n)
         feeds = {
             f: bare_steps(arch, x, y, device, batch, feed=f)
             for f in ("device", "pageable", "pinned")
@@ -397,7 +400,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (a check of the script)")
     p.add_argument("--budget", type=float, default=330, help="seconds before sections are skipped")
-    p.add_argument("--sections", default="distort,train,lightning")
+    p.add_argument("--sections", default="distort,train,lightning,datamodule",
+                   help="comma-separated: distort, train, lightning, datamodule, profile")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu.json"))
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
