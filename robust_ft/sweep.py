@@ -58,7 +58,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from robust_ft.models import input_shape, n_param_layers
 from robust_ft.pipeline import base_config
+from robust_ft.tracking import client as tracking_client
 
 ALL_KINDS = ("motion", "defocus", "noise", "combined")
 
@@ -290,15 +292,9 @@ def _load_cfg(grid: Grid) -> dict:
     return yaml.safe_load(base_config(grid.model, grid.dataset).read_text()) or {}
 
 
-def _input_shape(model: str) -> tuple[int, ...]:
-    from robust_ft.models import input_shape
-
-    return input_shape(model)
-
-
 def synthetic_flags(model: str, n_train: int, n_test: int) -> list[str]:
     """Flags that swap the dataset for SyntheticDataModule images of the model's input shape."""
-    shape = "[" + ",".join(map(str, _input_shape(model))) + "]"
+    shape = "[" + ",".join(map(str, input_shape(model))) + "]"
     return [
         "--data.class_path", "robust_ft.data.datamodules.SyntheticDataModule",
         "--data.init_args.image_shape", shape,
@@ -312,7 +308,7 @@ def synthetic_flags(model: str, n_train: int, n_test: int) -> list[str]:
 def cell_args(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> list[str]:
     """The `robust-ft fit|test` arguments of one cell."""
     g, budget = cell.grid, BUDGETS[sw.budget]
-    n_layers = _n_layers(g.model)
+    n_layers = n_param_layers(g.model)
     method_overlay = {"pretrain": "retrain.yaml", "retrain": "retrain.yaml"}.get(cell.method)
     args = ["fit" if cell.trains else "test", "--config", str(base_config(g.model, g.dataset))]
     if method_overlay:
@@ -365,12 +361,6 @@ def cell_args(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> l
     return args
 
 
-def _n_layers(model: str) -> int:
-    from robust_ft.models import n_param_layers
-
-    return n_param_layers(model)
-
-
 # ----------------------------------------------------------------- time estimate
 def _split_sizes(sw: Sweep) -> tuple[int, int, int] | None:
     """(training images after the validation hold-out, test, validation images) or None."""
@@ -413,12 +403,6 @@ def estimate_seconds(sw: Sweep, cell: Cell) -> float | None:
 
 
 # ----------------------------------------------------------------- MLflow bookkeeping
-def _client():
-    from robust_ft.tracking import client
-
-    return client()
-
-
 def find_parent(client, sw: Sweep):
     """The sweep's parent run (the oldest run tagged with its ``sweep_key``), or None."""
     exp = client.get_experiment_by_name(sw.experiment_name)
@@ -610,7 +594,7 @@ def run_sweep(sw: Sweep, dry_run: bool = False, report_dir: str | None = None) -
     from robust_ft.tracking import check_reachable, default_tracking_uri, ui_command
 
     check_reachable(default_tracking_uri())
-    client = _client()
+    client = tracking_client()
     own = os.environ.get("MLFLOW_RUN_ID")
     if own and not sw.experiment:  # under `mlflow run`: the sweep lives in that run's experiment
         sw.experiment = client.get_experiment(client.get_run(own).info.experiment_id).name
@@ -719,7 +703,7 @@ def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
     grid = PRESETS[a.preset]
     if a.model or a.dataset:
         model, dataset = a.model or grid.model, a.dataset or grid.dataset
-        n = _n_layers(model)
+        n = n_param_layers(model)
         grid = Grid(model, dataset, tuple(range(1, n + 1)), pretrain=model != "alexnet")
     kinds = tuple(a.kinds.split(",")) if a.kinds else grid.kinds
     unknown = [k for k in kinds if k not in KINDS]
@@ -732,7 +716,7 @@ def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
         first_n=_ints(a.first_n) if a.first_n else grid.first_n,
         retrain=grid.retrain if a.retrain is None else a.retrain,
     )
-    n_layers = _n_layers(grid.model)
+    n_layers = n_param_layers(grid.model)
     if any(not 1 <= n <= n_layers for n in grid.first_n):
         raise ValueError(f"--first-n must be in 1..{n_layers} for {grid.model}")
     sw = Sweep(

@@ -34,6 +34,7 @@ from robust_ft.tracking import (
     resolve_checkpoint,
     ui_command,
 )
+from robust_ft.tracking import client as tracking_client
 
 MONITOR = "val/err"
 FATAL_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
@@ -336,17 +337,11 @@ def trial_strategy(setting: Setting, storage_url: str) -> str | None:
 
 
 # ----------------------------------------------------------------- MLflow
-def _client():
-    from robust_ft.tracking import client
-
-    return client()
-
-
 def log_summary(run_id: str, study: optuna.Study) -> None:
     """Log the study's progress and best trial to its parent run (metrics are updatable)."""
     from mlflow.entities import Metric
 
-    client = _client()
+    client = tracking_client()
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     step = counts["COMPLETE"] + counts["PRUNED"]
@@ -416,7 +411,7 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
 
 def log_plots(run_id: str, study: optuna.Study) -> None:
     """Log the study's plots and trial table to the parent run under ``optuna/``."""
-    client = _client()
+    client = tracking_client()
     with tempfile.TemporaryDirectory() as d:
         for path in save_plots(study, Path(d)):
             client.log_artifact(run_id, str(path), "optuna")
@@ -486,7 +481,7 @@ class Objective:
         """Create the trial's nested MLflow run with its parameters."""
         from mlflow.entities import Param
 
-        client = _client()
+        client = tracking_client()
         tags = {
             "mlflow.parentRunId": self.parent_run,
             "optuna.study": self.study_name,
@@ -509,7 +504,7 @@ class Objective:
         error: str = "",
     ) -> None:  # fmt: skip
         """Record the Optuna state on the child run and give it the matching MLflow status."""
-        client = _client()
+        client = tracking_client()
         client.set_tag(run_id, "optuna.state", state)
         run = client.get_run(run_id)
         if state == "PRUNED":
@@ -526,7 +521,7 @@ class Objective:
 
     def _best_val_err(self, run_id: str) -> float:
         """The objective: the lowest ``val/err`` of the run's epochs (its best checkpoint's)."""
-        history = _client().get_metric_history(run_id, MONITOR)
+        history = tracking_client().get_metric_history(run_id, MONITOR)
         values = [m.value for m in history if not math.isnan(m.value)]
         if not values:
             raise RuntimeError(f"trial run {run_id} logged no {MONITOR}")
@@ -645,7 +640,7 @@ def tune(a: argparse.Namespace) -> TuneResult:
         _check_settings(name, stored, fixed)
     init_path, init_run, init_key = _study_init(study, name, a.init_from, setting.experiment)
     parent = _study_parent(study, created, name, setting, space, a, fixed, init_key)
-    client = _client()
+    client = tracking_client()
     if created and not a.no_enqueue_default:
         study.enqueue_trial(_config_point(setting, space), skip_if_exists=True)
     for text in a.enqueue:
@@ -716,7 +711,7 @@ def finetune_best(
 
     It is nested under the study's parent run and tagged ``optuna.study`` and ``optuna.best_trial``.
     """
-    client = _client()
+    client = tracking_client()
     experiment = client.get_experiment(client.get_run(parent).info.experiment_id).name
     tags = {
         "optuna.study": study_name,
@@ -863,7 +858,7 @@ def _study_parent(
     """The study's one parent MLflow run: made by the creating worker, found by the others."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = tracking_client()
     parent = None if created else _wait_attr(study, "mlflow_parent_run_id")
     if parent is not None:
         try:
@@ -873,7 +868,7 @@ def _study_parent(
 
             raise TrackingError(
                 f"study {name!r} logs to MLflow run {parent}, which is not in "
-                f"{default_tracking_uri()}; "
+                f"{redact(default_tracking_uri())}; "
                 "point MLFLOW_TRACKING_URI at the study's store"
             ) from e
         own = os.environ.get("MLFLOW_RUN_ID")
