@@ -361,10 +361,11 @@ class RobustCLI(LightningCLI):
         print(f"\nTest error (%), {self.model.hparams.arch} on {self.datamodule.dataset_name}:")
         print(table)
         if self.run_logger is not None and self.run_logger.run_id:
-            from robust_ft.tracking import default_tracking_uri, ui_command
+            from robust_ft.tracking import default_tracking_uri, redact, ui_command
 
             uri = default_tracking_uri()
-            print(f"MLflow run {self.run_logger.run_id} in {uri}; open the UI: {ui_command(uri)}")
+            run_id = self.run_logger.run_id
+            print(f"MLflow run {run_id} in {redact(uri)}; open the UI: {ui_command(uri)}")
 
     def after_validate(self) -> None:
         self._finish()
