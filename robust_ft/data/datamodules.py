@@ -196,6 +196,7 @@ class DistortedDataModule(L.LightningDataModule):
         self.val_split, self.seed = val_split, seed
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory = pin_memory
+        self._moments_on: tuple | None = None  # (device, mean, std), see _moments
         self.distort_device = _distort_device(distort_device)
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
@@ -381,7 +382,7 @@ class DistortedDataModule(L.LightningDataModule):
     def _moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """mean and std (1,C,1,1) on ``device``, made once: a copy to a GPU per batch would
         wait for the GPU's queue to drain every step."""
-        cached = getattr(self, "_moments_on", None)
+        cached = self._moments_on
         if cached is None or cached[0] != device:
             moments = (
                 torch.tensor(v, device=device).view(1, -1, 1, 1)
