@@ -7,13 +7,8 @@ and re-train on one distorted setting -> test each; every step a nested MLflow r
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
-
-from robust_ft.cli import run_cli
-from robust_ft.tracking import check_reachable, default_tracking_uri, redact, ui_command
-from robust_ft.tracking import client as tracking_client
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -29,10 +24,6 @@ def base_config(model: str, dataset: str) -> Path:
             f"no config for model {model!r} on dataset {dataset!r}; have: {have}"
         )
     return path
-
-
-def _levels_arg(values) -> str:
-    return "[" + ",".join(str(v) for v in values) + "]"
 
 
 def quiet_lightning() -> None:
@@ -63,111 +54,106 @@ def demo_main(argv: list[str] | None = None) -> dict:
         "--extra", nargs=argparse.REMAINDER, default=[], help="more CLI flags for every run"
     )
     a = p.parse_args(argv)
+    return demo(a)
+
+
+def demo(a: argparse.Namespace) -> dict:
+    """The demo's runs, nested under one parent run; returns each step's ``RunResult``."""
+    from robust_ft.levels import level_text
+    from robust_ft.runner import run
+    from robust_ft.settings import experiment_name, test_grid
+    from robust_ft.tracking import (
+        check_reachable,
+        default_tracking_uri,
+        redact,
+        tracked_run,
+        ui_command,
+    )
+
     quiet_lightning()
     uri = default_tracking_uri()
     check_reachable(uri)
     start = time.time()
-    common = [
-        "--config", str(base_config(a.model, a.dataset)),
-        "--config", a.config,
-        "--seed_everything", str(a.seed),
-        "--data.init_args.root", a.root,
-        *a.extra,
-    ]  # fmt: skip
-    parent, experiment = parent_run(f"{a.model}-{a.dataset}", "demo", vars(a))
-    nest = ["--tracking.parent_run_id", parent, "--tracking.experiment", experiment]
-    kinds = "[motion,defocus,noise,combined]"
-    print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
-    pre = run_cli(["fit", *common, *nest, "--data.init_args.test_kinds", "[clean]"])
-    print(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}", flush=True)
-    notrain = run_cli(
-        [
-            "test", *common, *nest,
-            "--model.init_from", pre.run_id,
-            "--data.init_args.test_kinds", kinds,
-            "--data.init_args.test_levels", f"[{a.levels}]",
-        ]
-    )  # fmt: skip
-    setting = [
-        "--data.init_args.distortion.kind", a.kind,
-        "--data.init_args.distortion.level", a.level,
-        "--data.init_args.test_kinds", f"[clean,{a.kind}]",
-        "--data.init_args.test_levels", f"[{a.level}]",
-    ]  # fmt: skip
-    results = {}
-    for n in [int(x) for x in a.first_n.split(",") if x]:
-        print(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}", flush=True)
-        r = run_cli(
-            [
-                "fit", *common, *nest, *setting,
-                "--model.first_n", str(n),
-                "--model.init_from", pre.run_id,
-                "--data.init_args.train_subset", str(a.finetune_subset),
-            ]
-        )  # fmt: skip
-        results[f"first-{n}"] = r
-    print(f"[demo] re-train on {a.kind} level {a.level}", flush=True)
-    results["retrain"] = run_cli(["fit", *common, *nest, *setting])
-    _close_parent(parent)
-    table = format_tables(a, pre, notrain, results)
-    print(table)
+    configs = [base_config(a.model, a.dataset), a.config]
+    common = {"seed_everything": a.seed, "data.init_args.root": a.root}
+    steps = {}
+    with tracked_run(
+        experiment_name(a.model, a.dataset),
+        run_name="demo",
+        tags={"method": "pipeline", "pipeline": "demo"},
+        params={k: str(v) for k, v in vars(a).items()},
+    ) as parent:
+
+        def step(command: str, overrides: dict):
+            nest = {
+                "tracking.parent_run_id": parent.run_id,
+                "tracking.experiment": parent.experiment,
+            }
+            return run(command, {**common, **nest, **overrides}, configs=configs, argv=a.extra)
+
+        kinds = ["motion", "defocus", "noise", "combined"]
+        levels = [level_text(x) for x in a.levels.split(",") if x]
+        print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
+        steps["pretrain"] = pre = step("fit", {"data.init_args.test_kinds": ["clean"]})
+        print(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}", flush=True)
+        steps["notrain"] = step(
+            "test",
+            {
+                "model.init_from": pre.run_id,
+                "data.init_args.test_kinds": kinds,
+                "data.init_args.test_levels": levels,
+            },
+        )
+        setting = {
+            "data.init_args.distortion": {"kind": a.kind, "level": level_text(a.level)},
+            **{f"data.init_args.{k}": v for k, v in test_grid(a.kind, a.level).items()},
+        }
+        for n in [int(x) for x in a.first_n.split(",") if x]:
+            print(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}", flush=True)
+            steps[f"first-{n}"] = step(
+                "fit",
+                {
+                    **setting,
+                    "model.first_n": n,
+                    "model.init_from": pre.run_id,
+                    "data.init_args.train_subset": a.finetune_subset,
+                },
+            )
+        print(f"[demo] re-train on {a.kind} level {a.level}", flush=True)
+        steps["retrain"] = step("fit", setting)
+    print(format_tables(a, steps))
     print(f"\n[demo] done in {time.time() - start:.0f} s. MLflow store: {redact(uri)}")
     print(f"[demo] open the UI: {ui_command(uri)}")
-    return {"pretrain": pre, "notrain": notrain, **results}
+    return steps
 
 
-def format_tables(a, pre, notrain, results) -> str:
+def format_tables(a, steps: dict) -> str:
     """The demo's two tables: no-train error per kind x level, and error per method."""
-    from robust_ft.data.distortions import KINDS, level_tag, parse_level
+    from robust_ft.formatting import fmt_error
+    from robust_ft.levels import level_tag
 
+    pre, notrain = steps["pretrain"], steps["notrain"]
     levels = [x for x in a.levels.split(",") if x]
     out = [f"\nTest error (%) of the clean model (no-train), {a.model} on {a.dataset}:"]
     out.append("| kind | " + " | ".join(f"L{x}" for x in levels) + " |")
     out.append("|---|" + "---|" * len(levels))
-    for kind in KINDS:
-        row = [notrain.metrics.get(f"test/err/{kind}/{level_tag(parse_level(x))}") for x in levels]
-        out.append(f"| {kind} | " + " | ".join(_fmt(v) for v in row) + " |")
-    tag = f"{a.kind}/{level_tag(parse_level(a.level))}"
+    for kind in ("motion", "defocus", "noise", "combined"):
+        row = [notrain.metrics.get(f"test/err/{kind}/{level_tag(x)}") for x in levels]
+        out.append(f"| {kind} | " + " | ".join(fmt_error(v) for v in row) + " |")
+    tag = f"{a.kind}/{level_tag(a.level)}"
     out.append(f"\nTest error (%) per method, trained on {tag}:")
     out.append(f"| method | clean | {tag} |")
     out.append("|---|---|---|")
-    out.append(f"| no-train | {_fmt(pre.metrics.get('test/err/clean/L0'))} | "
-               f"{_fmt(notrain.metrics.get(f'test/err/{tag}'))} |")  # fmt: skip
-    for name, r in results.items():
+    out.append(f"| no-train | {fmt_error(pre.metrics.get('test/err/clean/L0'))} | "
+               f"{fmt_error(notrain.metrics.get(f'test/err/{tag}'))} |")  # fmt: skip
+    for name, r in steps.items():
+        if name in ("pretrain", "notrain"):
+            continue
         out.append(
-            f"| {name} | {_fmt(r.metrics.get('test/err/clean/L0'))} | "
-            f"{_fmt(r.metrics.get(f'test/err/{tag}'))} |"
+            f"| {name} | {fmt_error(r.metrics.get('test/err/clean/L0'))} | "
+            f"{fmt_error(r.metrics.get(f'test/err/{tag}'))} |"
         )
     return "\n".join(out)
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-def _parent_run(experiment: str, name: str, params: dict) -> str:
-    """The parent run id of a pipeline (see ``parent_run``)."""
-    return parent_run(experiment, name, params)[0]
-
-
-def parent_run(experiment: str, name: str, params: dict) -> tuple[str, str]:
-    """The parent run of a pipeline and its experiment: `mlflow run`'s run, else a new one."""
-    client = tracking_client()
-    if os.environ.get("MLFLOW_RUN_ID"):
-        run = client.get_run(os.environ["MLFLOW_RUN_ID"])
-        client.set_tag(run.info.run_id, "pipeline", name)
-        return run.info.run_id, client.get_experiment(run.info.experiment_id).name
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=name, tags={"method": "pipeline", "pipeline": name})
-    for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:6000])
-    return run.info.run_id, experiment
-
-
-def _close_parent(run_id: str) -> None:
-    if os.environ.get("MLFLOW_RUN_ID") != run_id:
-        tracking_client().set_terminated(run_id, "FINISHED")
 
 
 def show_distortions_main(argv: list[str] | None = None) -> Path:

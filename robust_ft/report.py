@@ -48,7 +48,7 @@ SKIP_METHODS = {"sweep", "pipeline", "study"}
 # ----------------------------------------------------------------- reading runs
 def level_of_tag(tag: str) -> str:
     """Level text of a metric-name tag: ``L2`` -> ``2``, ``LU0-4`` -> ``U(0,4)``."""
-    from robust_ft.sweep import level_text
+    from robust_ft.levels import level_text
 
     body = tag.removeprefix("L")
     if body.startswith("U"):
@@ -132,7 +132,7 @@ def records(runs: list) -> pd.DataFrame:
 
 
 def _level_or_zero(text: str) -> str:
-    from robust_ft.sweep import level_text
+    from robust_ft.levels import level_text
 
     try:
         return level_text(text)

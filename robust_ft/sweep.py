@@ -51,15 +51,17 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from robust_ft.formatting import fmt_time
+from robust_ft.levels import is_clean_level, level_tag, level_text
 from robust_ft.models import input_shape, n_param_layers
 from robust_ft.pipeline import base_config
+from robust_ft.settings import experiment_name, test_grid
 from robust_ft.tracking import client as tracking_client
 
 ALL_KINDS = ("motion", "defocus", "noise", "combined")
@@ -159,30 +161,12 @@ def schedule(cfg: dict, budget: Budget, finetune: bool) -> dict[str, Any]:
     return out
 
 
-def schedule_flags(sch: dict[str, Any], prefix: str) -> list[str]:
-    """CLI flags that set a schedule under ``prefix`` (``--model.`` or ``--model.finetune.``)."""
-    out = []
-    for key in SCHEDULE_KEYS:
-        value = sch.get(key)
-        if value is not None:
-            text = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
-            out += [f"{prefix}{key}", text]
-    return out
+def schedule_overrides(sch: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Overrides that set a schedule under ``prefix`` (``model`` or ``model.finetune``)."""
+    return {f"{prefix}.{k}": sch[k] for k in SCHEDULE_KEYS if sch.get(k) is not None}
 
 
 # ----------------------------------------------------------------- cells
-def level_text(level: str | float) -> str:
-    """Canonical text of a level: ``2``, ``2.5``, ``U(0,4)``."""
-    from robust_ft.data.distortions import parse_level
-
-    lv = parse_level(level)
-    return f"U({lv[0]:g},{lv[1]:g})" if isinstance(lv, tuple) else f"{lv:g}"
-
-
-def _is_clean_level(level: str) -> bool:
-    return not level.startswith("U") and float(level) == 0.0
-
-
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid: (grid, seed, method, kind, level)."""
@@ -196,8 +180,6 @@ class Cell:
     @property
     def key(self) -> str:
         """Stable key, also the ``cell`` tag: ``lenet5/fashion_mnist/s0/first-2/defocus/L3``."""
-        from robust_ft.data.distortions import level_tag
-
         g = self.grid
         return (
             f"{g.model}/{g.dataset}/s{self.seed}/{self.method}/{self.kind}/{level_tag(self.level)}"
@@ -220,7 +202,7 @@ def cells_of(grid: Grid, seed: int) -> list[Cell]:
     for kind in grid.kinds:
         for level in grid.levels:
             for method in methods:
-                if not _is_clean_level(level):
+                if not is_clean_level(level):
                     out.append(Cell(grid, seed, method, kind, level))
                 elif not (grid.pretrain and method in ("notrain", "retrain")):
                     out.append(Cell(grid, seed, method))
@@ -280,7 +262,7 @@ class Sweep:
 
     @property
     def experiment_name(self) -> str:
-        return self.experiment or f"{self.grid.model}-{self.dataset_name}"
+        return self.experiment or experiment_name(self.grid.model, self.dataset_name)
 
     def cells(self) -> list[Cell]:
         return [c for s in self.seeds for c in cells_of(self.grid, s)]
@@ -292,54 +274,60 @@ def _load_cfg(grid: Grid) -> dict:
     return yaml.safe_load(base_config(grid.model, grid.dataset).read_text()) or {}
 
 
-def synthetic_flags(model: str, n_train: int, n_test: int) -> list[str]:
-    """Flags that swap the dataset for SyntheticDataModule images of the model's input shape."""
-    shape = "[" + ",".join(map(str, input_shape(model))) + "]"
-    return [
-        "--data.class_path", "robust_ft.data.datamodules.SyntheticDataModule",
-        "--data.init_args.image_shape", shape,
-        "--data.init_args.n_train", str(n_train),
-        "--data.init_args.n_test", str(n_test),
-        "--data.init_args.num_classes", "10",
-        "--data.init_args.batch_size", "32",
-    ]  # fmt: skip
+def synthetic_data(model: str, n_train: int, n_test: int) -> dict[str, Any]:
+    """The ``data`` override that swaps the dataset for SyntheticDataModule images of the model."""
+    return {
+        "class_path": "robust_ft.data.datamodules.SyntheticDataModule",
+        "init_args": {
+            "image_shape": list(input_shape(model)),
+            "n_train": n_train,
+            "n_test": n_test,
+            "num_classes": 10,
+            "batch_size": 32,
+        },
+    }
 
 
-def cell_args(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> list[str]:
-    """The `robust-ft fit|test` arguments of one cell."""
+@dataclass
+class CellRun:
+    """How to run one cell: ``runner.run(command, overrides, configs=configs, argv=argv)``."""
+
+    command: str
+    configs: list[Path]
+    overrides: dict[str, Any]
+    argv: list[str]
+
+
+def cell_run(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> CellRun:
+    """The settings of one cell's run."""
     g, budget = cell.grid, BUDGETS[sw.budget]
     n_layers = n_param_layers(g.model)
-    method_overlay = {"pretrain": "retrain.yaml", "retrain": "retrain.yaml"}.get(cell.method)
-    args = ["fit" if cell.trains else "test", "--config", str(base_config(g.model, g.dataset))]
-    if method_overlay:
-        args += ["--config", str(base_config(g.model, g.dataset).parent / method_overlay)]
+    configs = [base_config(g.model, g.dataset)]
+    if cell.method in ("pretrain", "retrain"):
+        configs.append(configs[0].parent / "retrain.yaml")
     main, ft = schedule(sw.cfg, budget, False), schedule(sw.cfg, budget, True)
     if cell.first_n == n_layers:  # first-N of every layer: the fine-tune schedule, not re-train
         main = ft
-    args += ["--trainer.max_epochs", str(main["max_epochs"]), *schedule_flags(main, "--model.")]
+    o: dict[str, Any] = {"trainer.max_epochs": main["max_epochs"], "seed_everything": cell.seed}
+    o |= schedule_overrides(main, "model")
     if sw.cfg.get("model", {}).get("finetune"):
-        args += ["--model.finetune.max_epochs", str(ft["max_epochs"])]
-        args += schedule_flags(ft, "--model.finetune.")
-    args += ["--seed_everything", str(cell.seed)]
-    args += ["--data.init_args.root", sw.root] if sw.root else []
+        o |= {"model.finetune.max_epochs": ft["max_epochs"]}
+        o |= schedule_overrides(ft, "model.finetune")
     if sw.synthetic:
-        args += synthetic_flags(g.model, *sw.synthetic)
-    budget_data = {"train_subset": sw.subset}
+        o["data"] = synthetic_data(g.model, *sw.synthetic)
+    data = {"root": sw.root, "train_subset": sw.subset}
     if not sw.synthetic:  # synthetic data has its own (tiny) sizes
-        budget_data |= {"test_subset": budget.test_subset, "val_split": budget.val_split}
-    for key, value in budget_data.items():  # every cell, so all share the cached splits
-        args += [f"--data.init_args.{key}", str(value)] if value is not None else []
+        data |= {"test_subset": budget.test_subset, "val_split": budget.val_split}
+    # every cell sets the sizes, so all share the cached splits
+    o |= {f"data.init_args.{k}": v for k, v in data.items() if v is not None}
     if cell.kind != "clean" and cell.trains:
-        args += ["--data.init_args.distortion.kind", cell.kind]
-        args += ["--data.init_args.distortion.level", cell.level]
-    if cell.method == "pretrain" or cell.kind == "clean":
-        args += ["--data.init_args.test_kinds", "[clean]", "--data.init_args.test_levels", "null"]
-    else:
-        args += ["--data.init_args.test_kinds", f"[clean,{cell.kind}]"]
-        args += ["--data.init_args.test_levels", f"[{cell.level}]"]
+        o["data.init_args.distortion"] = {"kind": cell.kind, "level": cell.level}
+    grid = test_grid(None if cell.method == "pretrain" else cell.kind, cell.level)
+    o |= {f"data.init_args.{k}": v for k, v in grid.items()}
     if cell.method == "notrain" or cell.first_n:
-        args += ["--model.first_n", str(cell.first_n or 0)]
-        args += ["--model.init_from", pretrain_run] if pretrain_run else []
+        o["model.first_n"] = cell.first_n or 0
+        if pretrain_run:
+            o["model.init_from"] = pretrain_run
     tags = {
         "sweep": sw.name,
         "sweep_key": sw.key,
@@ -349,16 +337,15 @@ def cell_args(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> l
         "level": cell.level,
         "first_n": str(cell.first_n or (0 if cell.method == "notrain" else n_layers)),
     }
-    args += [
-        *sw.extra,
-        "--tracking.experiment", sw.experiment_name,
-        "--tracking.parent_run_id", parent,
-        "--tracking.method", cell.method,
-        "--tracking.run_name", cell.key.split("/", 3)[3].replace("/", "-") + f"-s{cell.seed}",
-        "--tracking.tags", json.dumps(tags),
-        "--tracking.log_model", "false",
-    ]  # fmt: skip
-    return args
+    o["tracking"] = {
+        "experiment": sw.experiment_name,
+        "parent_run_id": parent,
+        "method": cell.method,
+        "run_name": cell.key.split("/", 3)[3].replace("/", "-") + f"-s{cell.seed}",
+        "tags": tags,
+        "log_model": False,
+    }
+    return CellRun("fit" if cell.trains else "test", configs, o, list(sw.extra))
 
 
 # ----------------------------------------------------------------- time estimate
@@ -429,62 +416,23 @@ def children(client, parent) -> list:
     )
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def parent_run_args(client, sw: Sweep) -> dict[str, Any]:
+    """``tracked_run`` arguments of the sweep's parent: the run of the same ``sweep_key`` (a
+    resume), else `mlflow run`'s run, else a new one; its params are logged once."""
+    from robust_ft.tracking import flatten
 
-
-def _owner_alive(owner: str | None) -> bool:
-    """True when ``owner`` (host:pid) is another live process on this host."""
-    if not owner or owner == _owner():
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _not_zombie(int(pid))
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def open_parent(client, sw: Sweep) -> str:
-    """Find (resume) or create the sweep's parent run and mark it RUNNING by this process."""
     parent = find_parent(client, sw)
     own = os.environ.get("MLFLOW_RUN_ID")
-    tags = {"sweep": sw.name, "sweep_key": sw.key, "sweep_role": "parent", "method": "sweep"}
-    if parent is not None:
-        owner = parent.data.tags.get("sweep_owner")
-        if parent.info.status == "RUNNING" and _owner_alive(owner):
-            raise RuntimeError(
-                f"sweep {sw.name!r} (run {parent.info.run_id}) is being run by process {owner}; "
-                "wait for it or stop it before resuming"
-            )
-        run_id = parent.info.run_id
-        client.update_run(run_id, status="RUNNING")
-        if own and own != run_id:  # under `mlflow run`: point this run at the sweep it resumes
-            client.set_tag(own, "sweep_parent", run_id)
-    elif own:
-        run_id = own
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-    else:
-        exp = client.get_experiment_by_name(sw.experiment_name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(sw.experiment_name)
-        run_id = client.create_run(exp_id, run_name=sw.name, tags=tags).info.run_id
-    if parent is None:
-        for k, v in _params(sw).items():
-            client.log_param(run_id, k, v)
-    client.set_tag(run_id, "sweep_owner", _owner())
-    return run_id
+    if parent is not None and own and own != parent.info.run_id:
+        client.set_tag(own, "sweep_parent", parent.info.run_id)  # `mlflow run`: point at it
+    params = {f"sweep.{k}": str(v)[:6000] for k, v in flatten(sw.key_fields()).items()}
+    return {
+        "experiment": sw.experiment_name,
+        "run_name": sw.name,
+        "run_id": parent.info.run_id if parent is not None else None,
+        "tags": {"sweep": sw.name, "sweep_key": sw.key, "sweep_role": "parent", "method": "sweep"},
+        "params": params if parent is None else None,
+    }
 
 
 def share_view(client, sw: Sweep, experiment_id: str) -> str:
@@ -494,14 +442,12 @@ def share_view(client, sw: Sweep, experiment_id: str) -> str:
     the sweep's child runs, flat (sorted by name), with method/distortion/level tags and the
     ``test/err`` metrics of the grid as columns.
     """
-    from robust_ft.data.distortions import level_tag
-
     g = sw.grid
     metrics = ["test/err/clean/L0"] + [
         f"test/err/{k}/{level_tag(lv)}"
         for k in g.kinds
         for lv in g.levels
-        if not _is_clean_level(lv)
+        if not is_clean_level(lv)
     ]
     state = {
         "searchFilter": f"tags.sweep_key = '{sw.key}' and tags.method != 'sweep'",
@@ -512,12 +458,6 @@ def share_view(client, sw: Sweep, experiment_id: str) -> str:
     }
     client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{sw.key}", json.dumps(state))
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={sw.key}"
-
-
-def _params(sw: Sweep) -> dict[str, str]:
-    from robust_ft.tracking import flatten
-
-    return {f"sweep.{k}": str(v)[:6000] for k, v in flatten(sw.key_fields()).items()}
 
 
 @dataclass
@@ -569,10 +509,10 @@ def describe(sw: Sweep, p: Plan) -> str:
         unknown |= est is None
         total += est or 0.0
         verb = "rerun" if c.key in p.stale else "run"
-        lines.append(f"  {verb:6s} {c.key}  ~{_fmt_time(est)}")
+        lines.append(f"  {verb:6s} {c.key}  ~{fmt_time(est)}")
     n = len(p.todo)
     tail = " (some unknown: dataset size not found)" if unknown else ""
-    lines.append(f"{n} cells to run, {len(p.done)} finished; estimate {_fmt_time(total)}{tail}")
+    lines.append(f"{n} cells to run, {len(p.done)} finished; estimate {fmt_time(total)}{tail}")
     return "\n".join(lines)
 
 
@@ -582,16 +522,10 @@ def _add_wall_time(client, parent: str, seconds: float) -> None:
     client.set_tag(parent, "sweep_wall_s", f"{before + seconds:.0f}")
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def run_sweep(sw: Sweep, dry_run: bool = False, report_dir: str | None = None) -> Plan:
+def run_sweep(sw: Sweep, dry_run: bool = False) -> Plan:
     """Run (or, with ``dry_run``, list) every unfinished cell of the sweep under one parent run."""
-    from robust_ft.cli import run_cli
-    from robust_ft.tracking import check_reachable, default_tracking_uri, ui_command
+    from robust_ft.runner import run
+    from robust_ft.tracking import check_reachable, default_tracking_uri, tracked_run
 
     check_reachable(default_tracking_uri())
     client = tracking_client()
@@ -602,51 +536,43 @@ def run_sweep(sw: Sweep, dry_run: bool = False, report_dir: str | None = None) -
     if dry_run:
         print(describe(sw, p), flush=True)
         return p
-    parent = open_parent(client, sw)
-    view = share_view(client, sw, client.get_run(parent).info.experiment_id)
-    p = plan(client, sw)
-    _mark_stale(client, p.stale)
-    pretrain = {
-        c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done
-    }
-    print(f"[sweep] {sw.name}: parent run {parent}, {len(p.todo)} cells to run, "
-          f"{len(p.done)} finished", flush=True)  # fmt: skip
     start = time.time()
-    try:
-        for i, cell in enumerate(p.todo, 1):
-            t0 = time.time()
-            res = run_cli(cell_args(sw, cell, parent, pretrain.get(cell.seed)))
-            p.done[cell.key] = res.run_id
-            if cell.method == "pretrain":
-                pretrain[cell.seed] = res.run_id
-            errs = ", ".join(
-                f"{k.removeprefix('test/err/')} {v:.2f}"
-                for k, v in sorted(res.metrics.items())
-                if k.startswith("test/err/")
-            )
-            print(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}",
-                  flush=True)  # fmt: skip
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        _add_wall_time(client, parent, time.time() - start)
-        client.set_tag(parent, "error", f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(parent, status)
-        raise
-    _add_wall_time(client, parent, time.time() - start)
-    if report_dir:
-        from robust_ft.report import build_report
+    with tracked_run(**parent_run_args(client, sw)) as parent:
+        try:
+            view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
+            p = plan(client, sw)
+            _mark_stale(client, p.stale)
+            print(f"[sweep] {sw.name}: parent run {parent.run_id}, {len(p.todo)} cells to run, "
+                  f"{len(p.done)} finished", flush=True)  # fmt: skip
+            pretrain = {c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done}  # fmt: skip
+            for i, cell in enumerate(p.todo, 1):
+                t0 = time.time()
+                spec = cell_run(sw, cell, parent.run_id, pretrain.get(cell.seed))
+                res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
+                p.done[cell.key] = res.run_id
+                if cell.method == "pretrain":
+                    pretrain[cell.seed] = res.run_id
+                errs = ", ".join(
+                    f"{k.removeprefix('test/err/')} {v:.2f}"
+                    for k, v in sorted(res.test_errors.items())
+                )
+                print(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}",
+                      flush=True)  # fmt: skip
+        finally:
+            _add_wall_time(client, parent.run_id, time.time() - start)
+    print(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}", flush=True)
+    print(f"[sweep] the runs table in the MLflow UI: {ui_link(view)}", flush=True)
+    return replace(p, parent=parent.run_id, todo=[])
 
-        build_report(parent_run=parent, out=report_dir)
-    client.set_terminated(parent, "FINISHED")
-    print(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent}", flush=True)
+
+def ui_link(fragment: str) -> str:
+    """Where to open a page of the MLflow UI on the default store."""
+    from robust_ft.tracking import default_tracking_uri, ui_command
+
     uri = default_tracking_uri()
-    where = (
-        uri.rstrip("/")
-        if uri.startswith("http")
-        else f"{ui_command(uri)}, then http://127.0.0.1:5000"
-    )
-    print(f"[sweep] the runs table in the MLflow UI: {where}/{view}", flush=True)
-    return replace(p, parent=parent, todo=[])
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/{fragment}"
+    return f"{ui_command(uri)}, then http://127.0.0.1:5000/{fragment}"
 
 
 # ----------------------------------------------------------------- command line
@@ -735,6 +661,12 @@ def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> Plan:
-    """`robust-ft sweep`: run or resume the grid (``--dry-run``: list it)."""
+    """`robust-ft sweep`: run or resume the grid (``--dry-run``: list it; ``--report``: then
+    build the report of its runs)."""
     sw, a = parse_args(sys.argv[1:] if argv is None else argv)
-    return run_sweep(sw, dry_run=a.dry_run, report_dir=a.report)
+    result = run_sweep(sw, dry_run=a.dry_run)
+    if a.report and not a.dry_run:
+        from robust_ft.report import build_report
+
+        build_report(parent_run=result.parent, out=a.report)
+    return result

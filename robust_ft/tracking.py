@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +118,14 @@ def environment_params() -> dict[str, str]:
 
 
 class RunLogger(MLFlowLogger):
-    """MLFlowLogger whose run ends only when ``close`` is called (or training fails).
+    """MLFlowLogger bound to a run that ``tracked_run`` owns: it logs, never ends the run.
 
-    Lightning finalizes a logger after ``fit`` and again after ``test``; a run that has been
-    fitted but not tested must not look FINISHED, or a resumed sweep would skip it.
+    Lightning finalizes a logger after ``fit`` and again after ``test``; the run's status is
+    decided once, by ``tracked_run``, when the whole command is over.
     """
 
-    def __init__(self, *args, parent_run_id: str | None = None, **kwargs):
-        tags = dict(kwargs.pop("tags", None) or {})
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        super().__init__(*args, tags=tags, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self._logged_params: dict[str, str] = {}
 
     def log_hyperparams(self, params) -> None:
@@ -144,22 +142,186 @@ class RunLogger(MLFlowLogger):
             self.experiment.log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
             self._logged_params.update(fresh)
 
-    interrupted = False  # set by the interrupt callback: SIGINT/SIGTERM end the run KILLED
-
     def finalize(self, status: str = "success") -> None:
-        if status != "success" and self._initialized:
-            self.close("KILLED" if self.interrupted or status == "interrupted" else "FAILED")
-
-    def close(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """End the run with an MLflow status; ``error`` is kept as the ``error`` tag."""
-        if not self._initialized:
-            return
-        if error:
-            self.experiment.set_tag(self.run_id, "error", error[:5000])
-        self.experiment.set_terminated(self.run_id, status)
+        """Nothing: ``tracked_run`` sets the final status."""
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.experiment.log_artifact(self.run_id, str(path), artifact_path)
+
+
+# ----------------------------------------------------------------- the one run lifecycle
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every layer (Lightning included) unwinds the same way."""
+
+
+_signals = {"count": 0, "last": None}
+
+
+def _on_signal(signum, frame) -> None:
+    import signal
+
+    _signals["count"] += 1
+    _signals["last"] = signum
+    raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGINT and SIGTERM raise (KeyboardInterrupt / Interrupted) while the block runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def interrupted_by_signal() -> int | None:
+    """The signal number that interrupted the last tracked run of this process, if any."""
+    return _signals["last"]
+
+
+def final_status(error: BaseException | None, signalled: bool) -> str:
+    """FINISHED, KILLED (a signal, Ctrl-C, or Lightning's exit after one) or FAILED."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if error is None:
+        return "FINISHED"
+    if signalled or isinstance(error, (KeyboardInterrupt, SIGTERMException)):
+        return "KILLED"
+    if isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt):
+        return "KILLED"  # Lightning turns Ctrl-C inside fit/test into sys.exit(1)
+    return "FAILED"
+
+
+@dataclass
+class TrackedRun:
+    """The MLflow run a ``tracked_run`` block writes to (``run_id`` None on DDP ranks > 0)."""
+
+    run_id: str | None
+    experiment: str
+    uri: str
+    adopted: bool = False
+    status: str = "RUNNING"
+
+
+@contextlib.contextmanager
+def tracked_run(
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    adopt_env: bool = True,
+    mark_running: bool = True,
+    active: bool = True,
+    uri: str | None = None,
+):
+    """Own one MLflow run for the block: create or adopt it, tag its owner, set its final status.
+
+    The run is ``run_id`` when given, else ``MLFLOW_RUN_ID`` (``mlflow run``) when ``adopt_env``
+    and the run is not nested, else a new run (a nested child of ``parent_run_id`` when given).
+    Ends FINISHED (a stale ``error`` tag of an earlier attempt is removed), KILLED on SIGINT or
+    SIGTERM at any moment of the block, or FAILED with an ``error`` tag. ``active=False`` (DDP
+    ranks > 0) yields a run without an id and writes nothing. ``mark_running=False`` leaves an
+    adopted run's status as it is until the caller sets it (a DDP resume; see MarkResumed).
+    """
+    uri = uri or default_tracking_uri()
+    if not active:
+        yield TrackedRun(None, experiment, uri)
+        return
+    mlflow_client = client(uri)
+    if run_id is None and adopt_env and not parent_run_id:
+        run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    all_tags = {**(tags or {}), **process_tags()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    if run_id:
+        adopted = _check_owner(mlflow_client, run_id)
+        experiment = mlflow_client.get_experiment(adopted.info.experiment_id).name
+        for k, v in all_tags.items():
+            mlflow_client.set_tag(run_id, k, v)
+        if run_name:
+            mlflow_client.update_run(run_id, name=run_name)
+        if mark_running:
+            mlflow_client.update_run(run_id, status="RUNNING")
+        tracked = TrackedRun(run_id, experiment, uri, adopted=True)
+    else:
+        exp = mlflow_client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else _create_experiment(mlflow_client, experiment)
+        run = mlflow_client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        tracked = TrackedRun(run.info.run_id, experiment, uri)
+    if params:
+        from mlflow.entities import Param
+
+        have = mlflow_client.get_run(tracked.run_id).data.params
+        fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+        mlflow_client.log_batch(tracked.run_id, params=fresh)
+    before = _signals["count"]
+    try:
+        with _signals_raise():
+            yield tracked
+    except BaseException as e:
+        tracked.status = final_status(e, _signals["count"] > before)
+        with contextlib.suppress(Exception):  # never hide the run's own error
+            mlflow_client.set_tag(tracked.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow_client.set_terminated(tracked.run_id, tracked.status)
+        raise
+    tracked.status = "FINISHED"
+    run = mlflow_client.get_run(tracked.run_id)
+    if "error" in run.data.tags:  # an earlier attempt's error; this one succeeded
+        mlflow_client.delete_tag(tracked.run_id, "error")
+    mlflow_client.set_terminated(tracked.run_id, "FINISHED")
+
+
+def _create_experiment(mlflow_client, name: str) -> str:
+    """Create an experiment; another process creating it at the same moment is not an error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.create_experiment(name)
+    except MlflowException:
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _check_owner(mlflow_client, run_id: str):
+    """The run to adopt; refused when it is RUNNING and a live process on this host writes it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow_client.get_run(run_id)
+    except MlflowException as e:
+        raise TrackingError(
+            f"MLflow run {run_id} does not exist in {redact(default_tracking_uri())}; check the "
+            "id (--tracking.run_id or MLFLOW_RUN_ID) and MLFLOW_TRACKING_URI"
+        ) from e
+    tags = run.data.tags
+    pid = tags.get("pid", "")
+    if (
+        run.info.status == "RUNNING"
+        and tags.get("host") == socket.gethostname()
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and _alive(int(pid))
+    ):
+        raise TrackingError(
+            f"MLflow run {run_id} is being written by process {pid} on this host; wait for it to "
+            "end or stop it, then run the command again"
+        )
+    return run
 
 
 def process_tags() -> dict[str, str]:
@@ -168,13 +330,17 @@ def process_tags() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host lives (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def client(uri: str | None = None):
@@ -264,3 +430,38 @@ def resolve_checkpoint(
     except (MlflowException, OSError) as e:
         raise TrackingError(f"run {run_id} has no artifact {artifact}: {e}") from e
     return Path(local), run_id
+
+
+def log_network(run_id: str, net, uri: str | None = None) -> None:
+    """Log the network to a run with MLflow's PyTorch flavour (pinned torch: no slow inference).
+
+    ``mlflow.pytorch.log_model`` links a model to the active run only, so the run is made active
+    for the call and then left with the status it had (``tracked_run`` sets the final one).
+    """
+    import mlflow
+    import torch
+
+    uri = uri or default_tracking_uri()
+    example = torch.zeros(2, *net.input_shape).numpy()  # batch >= 2: no specialised batch size
+    mlflow.set_tracking_uri(uri)
+    outer = mlflow.active_run()
+    if outer is not None and outer.info.run_id == run_id:
+        _log_model(net, example)
+        return
+    mlflow.start_run(run_id=run_id, nested=outer is not None)
+    try:
+        _log_model(net, example)
+    finally:
+        mlflow.end_run(client(uri).get_run(run_id).info.status)
+
+
+def _log_model(net, example) -> None:
+    import mlflow
+    import torch
+
+    mlflow.pytorch.log_model(
+        net.cpu().eval(),
+        name="model",
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )

@@ -65,3 +65,10 @@ data:
 trainer:
   enable_progress_bar: false
 """
+
+
+def run_cli(args: list[str], callbacks=()):
+    """``robust-ft fit|test ...`` in-process: ``runner.run`` with the command line as the user's."""
+    from robust_ft.runner import run
+
+    return run(args[0], argv=args[1:], callbacks=callbacks)

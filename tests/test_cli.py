@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, synthetic_args
+from conftest import CONF, REPO, run_cli, synthetic_args
 from mlflow.tracking import MlflowClient
 
 from robust_ft.checkpoints import read_state_dict
-from robust_ft.cli import run_cli
 
 SHAPES = {"lenet5": (1, 28, 28), "cifar10_quick": (3, 32, 32), "alexnet": (3, 224, 224)}
 MODEL_CONFIGS = sorted(
@@ -243,7 +242,7 @@ def test_mlflow_run_evaluate_entry_point(workdir, pretrained_ckpt):
 
 
 def test_test_table_grid():
-    from robust_ft.cli import test_table
+    from robust_ft.formatting import test_table
 
     metrics = {"test/err/motion/L10": 9.0, "test/err/motion/L2": 3.0, "val/err": 1.0,
                "test/err/clean/L0": 1.0, "test/err5/clean/L0": 0.5, "gradvar/conv2/clean/L0": 7.0,

@@ -101,7 +101,7 @@ def test_sigterm_marks_killed_and_saves_checkpoint(tmp_path):
 
 
 def test_exception_marks_failed_with_error_tag(workdir):
-    from robust_ft.cli import run_cli
+    from conftest import run_cli
 
     with pytest.raises(ValueError, match="first_n=0 trains nothing"):
         run_cli(
@@ -135,7 +135,8 @@ def test_dead_process_run_is_reaped(workdir):
 
 
 def test_same_seed_same_bytes_and_metrics(workdir):
-    from robust_ft.cli import run_cli
+    from conftest import run_cli
+
     from robust_ft.data.datamodules import Distortion, SyntheticDataModule
 
     def split(seed):

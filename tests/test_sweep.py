@@ -13,7 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from robust_ft import sweep
-from robust_ft.sweep import BUDGETS, PRESETS, Cell, cell_args, cells_of, parse_args, schedule
+from robust_ft.runner import nested
+from robust_ft.sweep import BUDGETS, PRESETS, Cell, cell_run, cells_of, parse_args, schedule
 
 # A tiny grid on synthetic data: pretrain, first-1/clean, and per kind notrain, first-1, retrain.
 TINY = [
@@ -93,14 +94,15 @@ def test_budgets_scale_the_config_schedules():
 
 def test_first_n_of_every_layer_is_a_finetune_not_a_retrain():
     sw, _ = parse_args(["--preset", "mnist"])
-    args = cell_args(sw, Cell(sw.grid, 0, "first-4", "defocus", "2"), "p" * 32, "r" * 32)
-    flag = {a: b for a, b in zip(args, args[1:], strict=False) if a.startswith("--")}
-    assert args[0] == "fit"
-    assert flag["--trainer.max_epochs"] == "15" and float(flag["--model.lr"]) == 1e-5
-    assert flag["--tracking.method"] == "first-4" and flag["--model.init_from"] == "r" * 32
-    assert flag["--data.init_args.test_kinds"] == "[clean,defocus]"
-    notrain = cell_args(sw, Cell(sw.grid, 0, "notrain", "noise", "3"), "p" * 32, "r" * 32)
-    assert notrain[0] == "test" and "--data.init_args.distortion.kind" not in notrain
+    spec = cell_run(sw, Cell(sw.grid, 0, "first-4", "defocus", "2"), "p" * 32, "r" * 32)
+    o = nested(spec.overrides)
+    assert spec.command == "fit"
+    assert o["trainer"]["max_epochs"] == 15 and o["model"]["lr"] == 1e-5
+    assert o["tracking"]["method"] == "first-4" and o["model"]["init_from"] == "r" * 32
+    assert o["data"]["init_args"]["test_kinds"] == ["clean", "defocus"]
+    notrain = cell_run(sw, Cell(sw.grid, 0, "notrain", "noise", "3"), "p" * 32, "r" * 32)
+    assert notrain.command == "test"
+    assert "distortion" not in nested(notrain.overrides)["data"]["init_args"]
 
 
 # ----------------------------------------------------------------- a tiny sweep end to end

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -48,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-Level = float | tuple[float, float]
-LevelSpec = float | tuple[float, float] | list[float] | str
+from robust_ft.levels import Level, LevelSpec, check_level, level_tag, parse_level  # noqa: F401
 
 NOISE_SIGMA_PER_LEVEL = 1.0
 """Noise std (0..255 scale) per unit of level: the paper's sigma in [0, 4] on integer 0..255 images."""
@@ -117,7 +115,7 @@ def _disk_size(radius: float) -> int:
 
 def disk_kernel(radius: float) -> np.ndarray:
     """MATLAB ``fspecial('disk', radius)``: exact pixel areas inside the disc, summing to 1."""
-    radius = _check_level(radius, "radius")
+    radius = check_level(radius, "radius")
     return _disk_kernels(np.array([radius]), _disk_size(radius))[0]
 
 
@@ -128,7 +126,7 @@ def _walk_length(size: float) -> int:
 
 def motion_kernel(size: float, rng: np.random.Generator) -> np.ndarray:
     """Random-walk motion kernel: visit counts of n = round(size) 8-neighbour steps, / (n+1)."""
-    n = _walk_length(_check_level(size, "size"))
+    n = _walk_length(check_level(size, "size"))
     path = np.vstack([np.zeros((1, 2), int), np.cumsum(_STEPS[rng.integers(0, 8, n)], axis=0)]) + n
     kernel = np.zeros((2 * n + 1, 2 * n + 1))
     np.add.at(kernel, (path[:, 0], path[:, 1]), 1.0)
@@ -308,62 +306,6 @@ KINDS: dict[str, tuple[Blur | Noise, ...]] = {
 """The registry: kind -> stages applied in order, each at its own draw of the level."""
 
 
-# ----------------------------------------------------------------------------- levels
-
-_RANGE = re.compile(r"^\s*U\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$", re.IGNORECASE)
-_LEVEL_FORMS = "a number >= 0 (2, 2.5, '2') or a range (0, 4), [0, 4], 'U(0,4)'"
-
-
-def _check_level(value: Any, what: str = "level") -> float:
-    """A finite number >= 0 as float, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-def _to_number(text: str) -> float:
-    """Parse a level number from text, else ValueError."""
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"cannot read a level from {text!r}; accepted: {_LEVEL_FORMS}") from None
-
-
-def parse_level(value: LevelSpec) -> Level:
-    """A level as a float, or a (low, high) range; accepts 2, '2.5', (0, 4), [0, 4], 'U(0,4)'."""
-    if isinstance(value, str):
-        match = _RANGE.match(value)
-        value = (_to_number(match[1]), _to_number(match[2])) if match else _to_number(value)
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(
-                f"a level range needs (low, high), got {value!r}; accepted: {_LEVEL_FORMS}"
-            )
-        low, high = (_check_level(v, "level range bound") for v in value)
-        if low > high:
-            raise ValueError(f"level range needs low <= high, got {value!r}")
-        return (low, high)
-    try:
-        return _check_level(value)
-    except ValueError as err:
-        raise ValueError(f"{err}; accepted: {_LEVEL_FORMS}") from None
-
-
-def level_tag(level: LevelSpec) -> str:
-    """Metric-name tag of a level: 'L0', 'L2.5', 'LU0-4' (letters, digits, '.', '-' only)."""
-
-    def number(x: float) -> str:
-        return repr(x).removesuffix(".0").replace("+", "")
-
-    level = parse_level(level)
-    if isinstance(level, tuple):
-        return f"LU{number(level[0])}-{number(level[1])}"
-    return f"L{number(level)}"
-
-
 def _draw(level: Level, rng: np.random.Generator) -> float:
     """One level: the number itself, or a uniform draw from a range."""
     return float(rng.uniform(*level)) if isinstance(level, tuple) else level
@@ -459,7 +401,7 @@ def _finish(x: np.ndarray, integer: bool) -> np.ndarray:
 def gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Add N(0, sigma^2) noise on the 0..255 scale; round and clip (uint8 in, uint8 out)."""
     image = _check_image(image)
-    sigma = _check_level(sigma, "sigma")
+    sigma = check_level(sigma, "sigma")
     noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
     return _finish(noisy, image.dtype == np.uint8).astype(image.dtype)
 

@@ -11,19 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from robust_ft.models import build
-
-
-def method_name(
-    first_n: int | None, n_layers: int, clean: bool = False, init_from: str | None = None
-) -> str:
-    """The run's method tag: ``pretrain``, ``notrain``, ``first-N`` or ``retrain``.
-
-    Training every layer is a fine-tune (the paper's first-4 of LeNet-5) when it starts from a
-    pre-trained model, and a re-train when it starts from scratch.
-    """
-    if first_n is None or (first_n >= n_layers and not init_from):
-        return "pretrain" if clean else "retrain"
-    return "notrain" if first_n == 0 else f"first-{first_n}"
+from robust_ft.settings import is_finetune, method_name  # noqa: F401 (method_name: re-export)
 
 
 @dataclass
@@ -122,9 +110,9 @@ class ImageClassifier(L.LightningModule):
 
     @property
     def is_finetune(self) -> bool:
-        """True for a first-N fine-tune: 0 < N < all layers, or all layers from a pre-train."""
-        first_n, n = self.hparams.first_n, len(self.net.param_layers())
-        return first_n is not None and first_n > 0 and (first_n < n or bool(self.hparams.init_from))
+        """Whether this run trains with the ``finetune`` schedule (``settings.is_finetune``)."""
+        hp = self.hparams
+        return is_finetune(hp.first_n, len(self.net.param_layers()), hp.init_from)
 
     @property
     def schedule(self) -> Schedule:

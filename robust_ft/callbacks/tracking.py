@@ -1,0 +1,69 @@
+"""Callbacks that write a run's tracking record: its config, an interrupt checkpoint, a resume."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import SaveConfigCallback
+
+
+class LogConfig(SaveConfigCallback):
+    """Log the resolved config (flattened params + ``config.yaml``), the environment, the pipeline."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        import yaml
+
+        from robust_ft.data.datamodules import DistortedDataModule
+        from robust_ft.tracking import RunLogger, environment_params, flatten
+
+        logger = trainer.logger
+        if not isinstance(logger, RunLogger):
+            return
+        text = self.parser.dump(self.config, skip_none=False)
+        cfg = yaml.safe_load(text)
+        cfg.pop("config", None)
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.")}
+        dm = trainer.datamodule
+        if isinstance(dm, DistortedDataModule) and dm.kind is not None:
+            params["data.pipeline"] = json.dumps(dm.pipeline_dict(), sort_keys=True)
+        logger.log_hyperparams({**params, **environment_params()})
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "config.yaml"
+            p.write_text(text)
+            logger.log_artifact(p)
+
+
+class SaveOnInterrupt(Callback):
+    """SIGINT/SIGTERM during training: save ``interrupted.ckpt`` next to the run's checkpoints."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            trainer.save_checkpoint(str(Path(self.dirpath) / "interrupted.ckpt"))
+
+
+class MarkResumed(Callback):
+    """Mark a resumed run RUNNING again, on rank 0 at ``setup``.
+
+    Every DDP rank decides whether to resume by the run's FAILED/KILLED status; ranks > 0 start
+    after rank 0 has set the run up, so the status must not change before all ranks have joined
+    the process group (which ``setup`` follows), or they would start over.
+    """
+
+    def __init__(self, run_id: str, ckpt: str | None):
+        self.run_id, self.ckpt, self.done = run_id, ckpt, False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.done or not trainer.is_global_zero:
+            return
+        client = trainer.logger.experiment
+        client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "resumed_from", self.ckpt)
+        self.done = True

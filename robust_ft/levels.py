@@ -1,0 +1,80 @@
+"""Distortion levels: parsing and the two ways they are written (one function each).
+
+``level_text``: ``2``, ``2.5``, ``U(0,4)`` -- tags, run names, CLI values.
+``level_tag``: ``L2``, ``L2.5``, ``LU0-4`` -- metric keys and cell keys.
+Pure Python, so commands that only format levels start fast.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from typing import Any
+
+Level = float | tuple[float, float]
+LevelSpec = float | tuple[float, float] | list[float] | str
+
+_RANGE = re.compile(r"^\s*U\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$", re.IGNORECASE)
+_LEVEL_FORMS = "a number >= 0 (2, 2.5, '2') or a range (0, 4), [0, 4], 'U(0,4)'"
+
+
+def check_level(value: Any, what: str = "level") -> float:
+    """A finite number >= 0 as float, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _to_number(text: str) -> float:
+    """Parse a level number from text, else ValueError."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"cannot read a level from {text!r}; accepted: {_LEVEL_FORMS}") from None
+
+
+def parse_level(value: LevelSpec) -> Level:
+    """A level as a float, or a (low, high) range; accepts 2, '2.5', (0, 4), [0, 4], 'U(0,4)'."""
+    if isinstance(value, str):
+        match = _RANGE.match(value)
+        value = (_to_number(match[1]), _to_number(match[2])) if match else _to_number(value)
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"a level range needs (low, high), got {value!r}; accepted: {_LEVEL_FORMS}"
+            )
+        low, high = (check_level(v, "level range bound") for v in value)
+        if low > high:
+            raise ValueError(f"level range needs low <= high, got {value!r}")
+        return (low, high)
+    try:
+        return check_level(value)
+    except ValueError as err:
+        raise ValueError(f"{err}; accepted: {_LEVEL_FORMS}") from None
+
+
+def level_tag(level: LevelSpec) -> str:
+    """Metric-name tag of a level: 'L0', 'L2.5', 'LU0-4' (letters, digits, '.', '-' only)."""
+
+    def number(x: float) -> str:
+        return repr(x).removesuffix(".0").replace("+", "")
+
+    level = parse_level(level)
+    if isinstance(level, tuple):
+        return f"LU{number(level[0])}-{number(level[1])}"
+    return f"L{number(level)}"
+
+
+def level_text(level: LevelSpec) -> str:
+    """Canonical text of a level: ``2``, ``2.5``, ``U(0,4)`` (tags, run names, CLI values)."""
+    lv = parse_level(level)
+    return f"U({lv[0]:g},{lv[1]:g})" if isinstance(lv, tuple) else f"{lv:g}"
+
+
+def is_clean_level(level: LevelSpec) -> bool:
+    """Level 0: no distortion whatever the kind."""
+    return parse_level(level) == 0.0

@@ -1,0 +1,462 @@
+"""One tracked run: ``run(command, overrides) -> RunResult``, the layer every face calls.
+
+Settings are LightningCLI's: config files, then the orchestration's ``overrides`` (a nested dict or
+dotted keys), then the user's own command-line flags (``argv``, which win). ``RobustCLI`` parses
+and instantiates the model and data (``run=False``); ``run`` then builds the Trainer inside
+``tracking.tracked_run``, which owns the MLflow run's life, and fits/tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from robust_ft.callbacks.tracking import LogConfig, MarkResumed, SaveOnInterrupt
+from robust_ft.data.datamodules import DistortedDataModule
+from robust_ft.models.classifier import ImageClassifier
+from robust_ft.settings import experiment_name, is_finetune, method_name
+
+log = logging.getLogger("robust_ft")
+COMMANDS = ("fit", "validate", "test")
+
+
+@dataclass
+class Tracking:
+    """Where and how the run is tracked in MLflow."""
+
+    experiment: str | None = None
+    """experiment name (default ``<arch>-<dataset>``)"""
+    run_name: str | None = None
+    run_id: str | None = None
+    """log into this existing run (default: ``MLFLOW_RUN_ID`` under ``mlflow run``)"""
+    parent_run_id: str | None = None
+    """make the run a nested child of this one (sweeps, studies, the demo)"""
+    method: str | None = None
+    """the ``method`` tag (default: derived from first_n and the distortion)"""
+    tags: dict[str, str] = field(default_factory=dict)
+    log_model: bool = True
+    """log the network with ``mlflow.pytorch.log_model`` at the end"""
+    checkpoint_dir: str = "outputs/checkpoints"
+    test_after_fit: bool = True
+    """``fit`` then tests the best checkpoint on the test grid, in the same run"""
+    resume: str = "auto"
+    """``auto``: continue the newest FAILED/KILLED run of the same config from its last
+    checkpoint; ``never``; or an MLflow run id to continue"""
+    log_checkpoints: bool = True
+    """log the best and last checkpoints as artifacts after ``fit`` (off for tuning trials)"""
+
+
+@dataclass
+class RunResult:
+    """What one tracked run produced."""
+
+    run_id: str | None
+    status: str
+    experiment: str
+    metrics: dict[str, float]
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    """``best`` / ``last`` checkpoint files of a fit"""
+
+    @property
+    def test_errors(self) -> dict[str, float]:
+        """``test/err/<kind>/<Lx>`` -> top-1 error (%)."""
+        return {k: v for k, v in self.metrics.items() if k.startswith("test/err/")}
+
+
+@dataclass
+class RunArgs:
+    """What ``RobustCLI`` parses, in order: config files, overrides, the user's flags."""
+
+    command: str
+    configs: Sequence[str | Path] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    argv: Sequence[str] | None = None
+    instantiate: bool = True
+
+
+def nested(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}`` (dotted keys expanded)."""
+    out: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        if isinstance(value, Mapping):
+            node[last] = _merge(node.get(last, {}), nested(value))
+        else:
+            node[last] = value
+    return out
+
+
+def user_keys(argv: Sequence[str]) -> set[str]:
+    """The dotted keys a command line sets, ``--config`` files' keys included.
+
+    Hand-written because jsonargparse has no public way to list what a command line set; only
+    the option names are read here, the values are parsed by jsonargparse.
+    """
+    import yaml
+
+    from robust_ft.tracking import flatten
+
+    keys: set[str] = set()
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, eq, value = token[2:].partition("=")
+        if name in ("config", "c"):
+            path = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if Path(path).is_file():
+                keys |= set(flatten(yaml.safe_load(Path(path).read_text()) or {}))
+        else:
+            keys.add(name)
+    return keys
+
+
+def _without(overrides: dict, keys: set[str], prefix: str = "") -> dict:
+    """``overrides`` minus the leaves at or under any of ``keys``."""
+    out = {}
+    for k, v in overrides.items():
+        key = prefix + k
+        if key in keys:
+            continue
+        if isinstance(v, dict) and v:
+            rest = _without(v, keys, key + ".")
+            if rest:
+                out[k] = rest
+        else:
+            out[k] = v
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class RobustCLI(LightningCLI):
+    """LightningCLI for robust-ft: parses a ``RunArgs``, resolves references, builds the parts."""
+
+    def __init__(self, spec: RunArgs):
+        self.spec, self.command = spec, spec.command
+        super().__init__(
+            ImageClassifier,
+            DistortedDataModule,
+            subclass_mode_data=True,
+            save_config_callback=LogConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={"default_env": False, "prog": f"robust-ft {spec.command}"},
+            args=spec,
+            run=False,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(Tracking, "tracking")
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from it")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
+
+    def parse_arguments(self, parser, args: RunArgs) -> None:
+        """Config files and the user's flags as the console parses them, then the overrides the
+        user did not set (last: jsonargparse cannot parse flags over a ``parse_object`` result)."""
+        for path in args.configs:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
+        argv = list(args.argv or [])
+        files = [f"--config={path}" for path in args.configs]  # jsonargparse's own file action
+        cfg = parser.parse_args(files + argv)
+        overrides = _without(nested(args.overrides), user_keys(argv))  # the user's flags win
+        if overrides:
+            cfg = parser.parse_object(overrides, namespace=cfg)
+        self.config = cfg
+
+    # ----------------------------------------------------------------- before instantiation
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``model.init_from`` (run id, runs:/, latest), a resume, the fine-tune epochs."""
+        from robust_ft.tracking import (
+            check_reachable,
+            default_tracking_uri,
+            reap_dead_runs,
+            resolve_checkpoint,
+        )
+
+        cfg = self.config
+        self.init_run_id = self.resume_run_id = self.resume_ckpt = None
+        self.config_hash = self._config_hash()
+        if not self.spec.instantiate:
+            return
+        check_reachable(default_tracking_uri())
+        reap_dead_runs(self.experiment_name())
+        self.resume_run_id, self.resume_ckpt = self._find_resume()
+        ref = cfg.model.init_from
+        if ref:
+            path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name())
+            cfg.model.init_from = str(path)
+        ft = cfg.model.finetune
+        fine_tune = is_finetune(cfg.model.first_n, self.n_layers(), ref)
+        if self.command == "fit" and ft is not None and ft.max_epochs and fine_tune:
+            cfg.trainer.max_epochs = ft.max_epochs
+
+    def n_layers(self) -> int:
+        from robust_ft.models import n_param_layers
+
+        return n_param_layers(self.config.model.arch)
+
+    def _config_hash(self) -> str:
+        """A digest of the resolved config minus tracking options: "the same command"."""
+        import yaml
+
+        d = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_validation=True))
+        for key in ("tracking", "ckpt_path", "config"):
+            d.pop(key, None)
+        d["subcommand"] = self.command
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _find_resume(self) -> tuple[str | None, str | None]:
+        """(run id, last checkpoint) of the run this fit continues, or (None, None)."""
+        from robust_ft.tracking import TrackingError, find_runs
+
+        cfg = self.config
+        mode = cfg.tracking.resume
+        if self.command != "fit" or mode == "never" or cfg.get("ckpt_path"):
+            return None, None
+        if mode == "auto":
+            runs = find_runs(self.experiment_name(), f"tags.config_hash = '{self.config_hash}'")
+            if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
+                return None, None
+            run_id = runs[0].info.run_id
+        else:
+            run_id = mode
+        ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
+        if not ckpt.exists():
+            if mode == "auto":
+                return None, None
+            raise TrackingError(
+                f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
+                "directory that ran it, or pass --tracking.checkpoint_dir"
+            )
+        log.info("resuming MLflow run %s from %s", run_id, ckpt)
+        return run_id, str(ckpt)
+
+    def experiment_name(self) -> str:
+        cfg = self.config
+        return cfg.tracking.experiment or experiment_name(cfg.model.arch, self.dataset_name())
+
+    def dataset_name(self) -> str:
+        import importlib
+
+        module, _, name = self.config.data.class_path.rpartition(".")
+        return getattr(importlib.import_module(module), name).dataset_name
+
+    # ----------------------------------------------------------------- instantiation
+    def instantiate_classes(self) -> None:
+        """The model and the data; the Trainer waits for the MLflow run (``build_trainer``)."""
+        if not self.spec.instantiate:
+            return
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule, self.model = self.config_init.get("data"), self.config_init["model"]
+        model, dm = self.model, self.datamodule
+        if tuple(model.net.input_shape) != tuple(dm.image_shape):
+            raise ValueError(
+                f"{model.hparams.arch} expects images of shape {tuple(model.net.input_shape)} "
+                f"(C,H,W) but {dm.dataset_name} gives {tuple(dm.image_shape)}; pick a matching "
+                "model and dataset config (see conf/)"
+            )
+
+    def run_tags(self) -> dict[str, str]:
+        """The run's name-giving tags: method, distortion, level, first_n, model, dataset, seed."""
+        from robust_ft.levels import level_text
+
+        cfg, dm, model = self.config, self.datamodule, self.model
+        tr = cfg.tracking
+        clean = dm.kind is None
+        if self.command == "fit":
+            method = tr.method or method_name(
+                cfg.model.first_n, model.n_layers, clean, cfg.model.init_from
+            )
+        else:
+            method = tr.method or "notrain"
+        first_n = cfg.model.first_n if cfg.model.first_n is not None else model.n_layers
+        tags = {
+            "method": method,
+            "distortion": dm.kind or "clean",
+            "level": level_text(dm.distortion.level) if dm.kind else "0",
+            "first_n": str(0 if method == "notrain" else first_n),
+            "model": cfg.model.arch,
+            "dataset": dm.dataset_name,
+            "seed": str(cfg.seed_everything),
+            "stage": self.command,
+            "config_hash": self.config_hash,
+            **(tr.tags or {}),
+        }
+        if self.init_run_id:
+            tags["init_from_run"] = self.init_run_id
+        return tags
+
+    def build_trainer(self, run_id: str | None, callbacks: Sequence = ()):
+        """The Trainer, logging into ``run_id``, with robust-ft's callbacks and ``callbacks``."""
+        from robust_ft.callbacks.confusion import ConfusionMatrixCallback
+        from robust_ft.callbacks.grad_stats import GradientVarianceCallback
+        from robust_ft.tracking import RunLogger, default_tracking_uri
+
+        cfg = self.config
+        tr = cfg.tracking
+        self.run_logger = RunLogger(
+            experiment_name=self.experiment_name(),
+            tracking_uri=default_tracking_uri(),
+            run_id=run_id,
+        )
+        ours: list = []
+        if self.resume_run_id:  # back to RUNNING only once every DDP rank has decided to resume
+            ours.append(MarkResumed(self.resume_run_id, self.resume_ckpt))
+        self.checkpoint = None
+        if self.command == "fit":
+            # Only global rank 0 has the MLflow run (DDP): other ranks get a placeholder here
+            # that ModelCheckpoint.setup replaces with rank 0's directory (a broadcast).
+            self.checkpoint = ModelCheckpoint(
+                dirpath=str(Path(tr.checkpoint_dir) / (run_id or "rank0")),
+                filename="best",
+                monitor="val/err" if self.datamodule.val_split else None,
+                mode="min",
+                save_last=True,
+            )
+            ours += [self.checkpoint, SaveOnInterrupt(self.checkpoint.dirpath)]
+        ours += [GradientVarianceCallback(), ConfusionMatrixCallback()]
+        configured = list(self.config_init.get("trainer", {}).get("callbacks") or [])
+        self.trainer = self.instantiate_trainer(
+            callbacks=configured + ours + list(callbacks), logger=self.run_logger
+        )
+        return self.trainer
+
+
+def launch_rank_zero() -> bool:
+    """Whether this process becomes DDP global rank 0, known before the Trainer sets DDP up.
+
+    Ranks > 0 started by Lightning's launcher, torchrun or SLURM carry LOCAL_RANK / RANK /
+    SLURM_PROCID (read by ``rank_zero_only`` at import); the main process of another node carries
+    NODE_RANK (or torchrun's GROUP_RANK) > 0. Only rank 0 may create the MLflow run.
+    """
+    import os
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return getattr(rank_zero_only, "rank", 0) == 0 and int(node) == 0
+
+
+def parse(
+    command: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    configs: Sequence[str | Path] = (),
+    argv: Sequence[str] | None = None,
+) -> RobustCLI:
+    """Parse and validate settings as ``run`` would, building nothing (``.config``, names)."""
+    return RobustCLI(RunArgs(command, configs, overrides or {}, argv, instantiate=False))
+
+
+def run(
+    command: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    configs: Sequence[str | Path] = (),
+    argv: Sequence[str] | None = None,
+    callbacks: Sequence = (),
+    summary: bool = False,
+) -> RunResult:
+    """Fit, validate or test one model as one MLflow run; the result says what it produced.
+
+    ``summary``: print the test errors as one kind x level table and where the run is (the
+    console sets it).
+    """
+    from robust_ft.tracking import tracked_run
+
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
+    cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv))
+    tr, tags = cli.config.tracking, cli.run_tags()
+    lv = tags["level"]
+    name = tr.run_name or f"{tags['method']}-{tags['distortion']}-L{lv}"
+    with tracked_run(
+        cli.experiment_name(),
+        run_name=name,
+        tags=tags,
+        run_id=tr.run_id or cli.resume_run_id,
+        parent_run_id=tr.parent_run_id,
+        mark_running=cli.resume_run_id is None,
+        active=launch_rank_zero(),
+    ) as tracked:
+        trainer = cli.build_trainer(tracked.run_id, callbacks)
+        _execute(cli, trainer, summary)
+        if trainer.is_global_zero and tracked.run_id:
+            _log_outputs(cli, trainer)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    ckpts = {}
+    if cli.checkpoint is not None:
+        ckpts = {"best": cli.checkpoint.best_model_path, "last": cli.checkpoint.last_model_path}
+    if summary and trainer.is_global_zero:
+        _print_summary(cli, metrics, tracked.run_id)
+    return RunResult(tracked.run_id, tracked.status, cli.experiment_name(), metrics, ckpts)
+
+
+def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
+    """The command itself: fit (then test the best checkpoint), validate or test."""
+    model, dm, cfg = cli.model, cli.datamodule, cli.config
+    verbose = not summary
+    if cli.command == "validate":
+        trainer.validate(model, datamodule=dm, verbose=verbose)
+    elif cli.command == "test":
+        trainer.test(model, datamodule=dm, verbose=verbose)
+    else:
+        ckpt = cfg.get("ckpt_path") or cli.resume_ckpt
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        if trainer.fast_dev_run:
+            trainer.test(model, datamodule=dm, verbose=verbose)
+        elif cfg.tracking.test_after_fit:
+            best = cli.checkpoint.best_model_path or cli.checkpoint.last_model_path
+            if best:
+                from robust_ft.checkpoints import load_net_weights
+
+                # the network's weights only: the trainer's state of the best epoch is not needed
+                load_net_weights(model.net, best)
+            trainer.test(model, datamodule=dm, verbose=verbose)
+
+
+def _log_outputs(cli: RobustCLI, trainer) -> None:
+    """Log the best/last checkpoints and the network to the run (rank 0)."""
+    from robust_ft.tracking import log_network
+
+    tr = cli.config.tracking
+    if cli.checkpoint is not None and tr.log_checkpoints:
+        for path in {cli.checkpoint.best_model_path, cli.checkpoint.last_model_path}:
+            if path and Path(path).exists():
+                cli.run_logger.log_artifact(path, "checkpoints")
+    if tr.log_model and not trainer.fast_dev_run:
+        log_network(cli.run_logger.run_id, cli.model.net)
+
+
+def _print_summary(cli: RobustCLI, metrics: dict[str, float], run_id: str | None) -> None:
+    """The test errors as a kind x level table, and the run they are in."""
+    from robust_ft.formatting import test_table
+    from robust_ft.tracking import default_tracking_uri, redact, ui_command
+
+    table = test_table(metrics)
+    if not table:
+        return
+    print(f"\nTest error (%), {cli.config.model.arch} on {cli.datamodule.dataset_name}:")
+    print(table)
+    if run_id:
+        uri = default_tracking_uri()
+        print(f"MLflow run {run_id} in {redact(uri)}; open the UI: {ui_command(uri)}")

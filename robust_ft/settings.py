@@ -1,0 +1,44 @@
+"""The rules every layer shares, one function per fact (pure Python: cheap to import).
+
+Which schedule a run trains with, its method tag, its test grid and its default experiment are
+decided here and nowhere else; the CLI, the sweep, the tuner and the demo call these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robust_ft.levels import LevelSpec, is_clean_level, level_text
+
+
+def is_finetune(first_n: int | None, n_layers: int, init_from: str | None) -> bool:
+    """Whether a run uses the fine-tune schedule (``model.finetune``) instead of the main one.
+
+    A first-N run with 0 < N < all layers, or one that trains every layer starting from a
+    pre-trained model (the paper's first-4 of LeNet-5). Training every layer from scratch is a
+    re-train and uses the main schedule.
+    """
+    return first_n is not None and first_n > 0 and (first_n < n_layers or bool(init_from))
+
+
+def method_name(
+    first_n: int | None, n_layers: int, clean: bool = False, init_from: str | None = None
+) -> str:
+    """The run's method tag: ``pretrain``, ``notrain``, ``first-N`` or ``retrain``."""
+    if first_n == 0:
+        return "notrain"
+    if is_finetune(first_n, n_layers, init_from):
+        return f"first-{first_n}"
+    return "pretrain" if clean else "retrain"
+
+
+def test_grid(kind: str | None, level: LevelSpec | None) -> dict[str, Any]:
+    """The DataModule's test sets of a run trained on (kind, level): clean, plus that setting."""
+    if not kind or kind == "clean" or level is None or is_clean_level(level):
+        return {"test_kinds": ["clean"], "test_levels": None}
+    return {"test_kinds": ["clean", kind], "test_levels": [level_text(level)]}
+
+
+def experiment_name(model: str, dataset: str) -> str:
+    """The default MLflow experiment of a model x dataset: ``<model>-<dataset>``."""
+    return f"{model}-{dataset}"
