@@ -59,9 +59,7 @@ def demo_main(argv: list[str] | None = None) -> dict:
 
 def demo(a: argparse.Namespace) -> dict:
     """The demo's runs, nested under one parent run; returns each step's ``RunResult``."""
-    from robust_ft.levels import level_text
-    from robust_ft.runner import run
-    from robust_ft.settings import experiment_name, test_grid
+    from robust_ft.settings import experiment_name
     from robust_ft.tracking import (
         check_reachable,
         default_tracking_uri,
@@ -74,56 +72,56 @@ def demo(a: argparse.Namespace) -> dict:
     uri = default_tracking_uri()
     check_reachable(uri)
     start = time.time()
-    configs = [base_config(a.model, a.dataset), a.config]
-    common = {"seed_everything": a.seed, "data.init_args.root": a.root}
-    steps = {}
     with tracked_run(
         experiment_name(a.model, a.dataset),
         run_name="demo",
         tags={"method": "pipeline", "pipeline": "demo"},
         params={k: str(v) for k, v in vars(a).items()},
     ) as parent:
-
-        def step(command: str, overrides: dict):
-            nest = {
-                "tracking.parent_run_id": parent.run_id,
-                "tracking.experiment": parent.experiment,
-            }
-            return run(command, {**common, **nest, **overrides}, configs=configs, argv=a.extra)
-
-        kinds = ["motion", "defocus", "noise", "combined"]
-        levels = [level_text(x) for x in a.levels.split(",") if x]
-        print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
-        steps["pretrain"] = pre = step("fit", {"data.init_args.test_kinds": ["clean"]})
-        print(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}", flush=True)
-        steps["notrain"] = step(
-            "test",
-            {
-                "model.init_from": pre.run_id,
-                "data.init_args.test_kinds": kinds,
-                "data.init_args.test_levels": levels,
-            },
-        )
-        setting = {
-            "data.init_args.distortion": {"kind": a.kind, "level": level_text(a.level)},
-            **{f"data.init_args.{k}": v for k, v in test_grid(a.kind, a.level).items()},
-        }
-        for n in [int(x) for x in a.first_n.split(",") if x]:
-            print(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}", flush=True)
-            steps[f"first-{n}"] = step(
-                "fit",
-                {
-                    **setting,
-                    "model.first_n": n,
-                    "model.init_from": pre.run_id,
-                    "data.init_args.train_subset": a.finetune_subset,
-                },
-            )
-        print(f"[demo] re-train on {a.kind} level {a.level}", flush=True)
-        steps["retrain"] = step("fit", setting)
+        steps = demo_steps(a, parent)
     print(format_tables(a, steps))
     print(f"\n[demo] done in {time.time() - start:.0f} s. MLflow store: {redact(uri)}")
     print(f"[demo] open the UI: {ui_command(uri)}")
+    return steps
+
+
+def demo_steps(a: argparse.Namespace, parent) -> dict:
+    """Pre-train, no-train on the grid, first-N fine-tunes, re-train: nested runs of ``parent``."""
+    from robust_ft.levels import level_text
+    from robust_ft.runner import run
+    from robust_ft.settings import test_grid
+
+    configs = [base_config(a.model, a.dataset), a.config]
+    common = {
+        "seed_everything": a.seed,
+        "data.init_args.root": a.root,
+        "tracking": {"parent_run_id": parent.run_id, "experiment": parent.experiment},
+    }
+
+    def step(command: str, overrides: dict):
+        return run(command, {**common, **overrides}, configs=configs, argv=a.extra)
+
+    kinds = ["motion", "defocus", "noise", "combined"]
+    steps = {}
+    print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
+    steps["pretrain"] = pre = step("fit", {"data.init_args.test_kinds": ["clean"]})
+    print(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}", flush=True)
+    grid = {"test_kinds": kinds, "test_levels": [level_text(x) for x in a.levels.split(",") if x]}
+    steps["notrain"] = step(
+        "test",
+        {"model.init_from": pre.run_id, **{f"data.init_args.{k}": v for k, v in grid.items()}},
+    )
+    setting = {
+        "data.init_args.distortion": {"kind": a.kind, "level": level_text(a.level)},
+        **{f"data.init_args.{k}": v for k, v in test_grid(a.kind, a.level).items()},
+    }
+    for n in [int(x) for x in a.first_n.split(",") if x]:
+        print(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}", flush=True)
+        finetune = {"model.first_n": n, "model.init_from": pre.run_id}
+        subset = {"data.init_args.train_subset": a.finetune_subset}
+        steps[f"first-{n}"] = step("fit", {**setting, **finetune, **subset})
+    print(f"[demo] re-train on {a.kind} level {a.level}", flush=True)
+    steps["retrain"] = step("fit", setting)
     return steps
 
 
@@ -158,21 +156,23 @@ def format_tables(a, steps: dict) -> str:
 
 def show_distortions_main(argv: list[str] | None = None) -> Path:
     """`robust-ft show-distortions`: the paper's Fig. 3/4 on real images of a dataset."""
-    import numpy as np
-
-    from robust_ft.data.datamodules import DATAMODULES
-    from robust_ft.data.figures import render_distortion_grid
-
     p = argparse.ArgumentParser(prog="robust-ft show-distortions")
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATAMODULES))
+    p.add_argument("--dataset", default="fashion_mnist", help="a DataModule name (fashion_mnist)")
     p.add_argument("--root", default="data")
     p.add_argument("--out", default="distortions.png")
     p.add_argument("--index", type=int, default=0, help="which test image")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    dm = DATAMODULES[a.dataset](root=a.root) if a.dataset != "imagefolder" else None
-    if dm is None:
-        dm = DATAMODULES["imagefolder"](root=a.root)
+    import numpy as np
+
+    from robust_ft.data.datamodules import DATAMODULES
+    from robust_ft.data.figures import render_distortion_grid
+
+    if a.dataset not in DATAMODULES:
+        raise ValueError(
+            f"unknown --dataset {a.dataset!r}; use one of {', '.join(sorted(DATAMODULES))}"
+        )
+    dm = DATAMODULES[a.dataset](root=a.root)
     images, _ = dm.load_split("test")
     out = render_distortion_grid(np.asarray(images[a.index : a.index + 1]), a.out, seed=a.seed)
     print(f"wrote {out}")

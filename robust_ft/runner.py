@@ -19,7 +19,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from robust_ft.callbacks.tracking import LogConfig, MarkResumed, SaveOnInterrupt
+from robust_ft.callbacks.tracking import LogConfig, MarkResumed, RunLogger, SaveOnInterrupt
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.models.classifier import ImageClassifier
 from robust_ft.settings import experiment_name, is_finetune, method_name
@@ -199,7 +199,7 @@ class RobustCLI(LightningCLI):
             return
         check_reachable(default_tracking_uri())
         reap_dead_runs(self.experiment_name())
-        self.resume_run_id, self.resume_ckpt = self._find_resume()
+        self.resume_run_id, self.resume_ckpt = find_resume(self)
         ref = cfg.model.init_from
         if ref:
             path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name())
@@ -223,32 +223,6 @@ class RobustCLI(LightningCLI):
             d.pop(key, None)
         d["subcommand"] = self.command
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def _find_resume(self) -> tuple[str | None, str | None]:
-        """(run id, last checkpoint) of the run this fit continues, or (None, None)."""
-        from robust_ft.tracking import TrackingError, find_runs
-
-        cfg = self.config
-        mode = cfg.tracking.resume
-        if self.command != "fit" or mode == "never" or cfg.get("ckpt_path"):
-            return None, None
-        if mode == "auto":
-            runs = find_runs(self.experiment_name(), f"tags.config_hash = '{self.config_hash}'")
-            if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
-                return None, None
-            run_id = runs[0].info.run_id
-        else:
-            run_id = mode
-        ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
-        if not ckpt.exists():
-            if mode == "auto":
-                return None, None
-            raise TrackingError(
-                f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
-                "directory that ran it, or pass --tracking.checkpoint_dir"
-            )
-        log.info("resuming MLflow run %s from %s", run_id, ckpt)
-        return run_id, str(ckpt)
 
     def experiment_name(self) -> str:
         cfg = self.config
@@ -275,41 +249,11 @@ class RobustCLI(LightningCLI):
                 "model and dataset config (see conf/)"
             )
 
-    def run_tags(self) -> dict[str, str]:
-        """The run's name-giving tags: method, distortion, level, first_n, model, dataset, seed."""
-        from robust_ft.levels import level_text
-
-        cfg, dm, model = self.config, self.datamodule, self.model
-        tr = cfg.tracking
-        clean = dm.kind is None
-        if self.command == "fit":
-            method = tr.method or method_name(
-                cfg.model.first_n, model.n_layers, clean, cfg.model.init_from
-            )
-        else:
-            method = tr.method or "notrain"
-        first_n = cfg.model.first_n if cfg.model.first_n is not None else model.n_layers
-        tags = {
-            "method": method,
-            "distortion": dm.kind or "clean",
-            "level": level_text(dm.distortion.level) if dm.kind else "0",
-            "first_n": str(0 if method == "notrain" else first_n),
-            "model": cfg.model.arch,
-            "dataset": dm.dataset_name,
-            "seed": str(cfg.seed_everything),
-            "stage": self.command,
-            "config_hash": self.config_hash,
-            **(tr.tags or {}),
-        }
-        if self.init_run_id:
-            tags["init_from_run"] = self.init_run_id
-        return tags
-
     def build_trainer(self, run_id: str | None, callbacks: Sequence = ()):
         """The Trainer, logging into ``run_id``, with robust-ft's callbacks and ``callbacks``."""
         from robust_ft.callbacks.confusion import ConfusionMatrixCallback
         from robust_ft.callbacks.grad_stats import GradientVarianceCallback
-        from robust_ft.tracking import RunLogger, default_tracking_uri
+        from robust_ft.tracking import default_tracking_uri
 
         cfg = self.config
         tr = cfg.tracking
@@ -339,6 +283,64 @@ class RobustCLI(LightningCLI):
             callbacks=configured + ours + list(callbacks), logger=self.run_logger
         )
         return self.trainer
+
+
+def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
+    """(run id, last checkpoint) of the FAILED/KILLED run of the same config this fit continues."""
+    from robust_ft.tracking import TrackingError, find_runs
+
+    cfg = cli.config
+    mode = cfg.tracking.resume
+    if cli.command != "fit" or mode == "never" or cfg.get("ckpt_path"):
+        return None, None
+    if mode == "auto":
+        runs = find_runs(cli.experiment_name(), f"tags.config_hash = '{cli.config_hash}'")
+        if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
+            return None, None
+        run_id = runs[0].info.run_id
+    else:
+        run_id = mode
+    ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
+    if not ckpt.exists():
+        if mode == "auto":
+            return None, None
+        raise TrackingError(
+            f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
+            "directory that ran it, or pass --tracking.checkpoint_dir"
+        )
+    log.info("resuming MLflow run %s from %s", run_id, ckpt)
+    return run_id, str(ckpt)
+
+
+def run_tags(cli: RobustCLI) -> dict[str, str]:
+    """The run's name-giving tags: method, distortion, level, first_n, model, dataset, seed."""
+    from robust_ft.levels import level_text
+
+    cfg, dm, model = cli.config, cli.datamodule, cli.model
+    tr = cfg.tracking
+    clean = dm.kind is None
+    if cli.command == "fit":
+        method = tr.method or method_name(
+            cfg.model.first_n, model.n_layers, clean, cfg.model.init_from
+        )
+    else:
+        method = tr.method or "notrain"
+    first_n = cfg.model.first_n if cfg.model.first_n is not None else model.n_layers
+    tags = {
+        "method": method,
+        "distortion": dm.kind or "clean",
+        "level": level_text(dm.distortion.level) if dm.kind else "0",
+        "first_n": str(0 if method == "notrain" else first_n),
+        "model": cfg.model.arch,
+        "dataset": dm.dataset_name,
+        "seed": str(cfg.seed_everything),
+        "stage": cli.command,
+        "config_hash": cli.config_hash,
+        **(tr.tags or {}),
+    }
+    if cli.init_run_id:
+        tags["init_from_run"] = cli.init_run_id
+    return tags
 
 
 def launch_rank_zero() -> bool:
@@ -386,7 +388,7 @@ def run(
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv))
-    tr, tags = cli.config.tracking, cli.run_tags()
+    tr, tags = cli.config.tracking, run_tags(cli)
     lv = tags["level"]
     name = tr.run_name or f"{tags['method']}-{tags['distortion']}-L{lv}"
     with tracked_run(

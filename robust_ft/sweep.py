@@ -590,8 +590,8 @@ def _levels(text: str | None, step: float | None) -> tuple[str, ...] | None:
     return None
 
 
-def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
-    """The command line -> normalised sweep settings (and the raw namespace)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``robust-ft sweep`` argument parser."""
     p = argparse.ArgumentParser(
         prog="robust-ft sweep",
         description=__doc__.split("\n\n")[0],
@@ -623,7 +623,12 @@ def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
     p.add_argument("--dry-run", action="store_true", help="list the cells and the time estimate")
     p.add_argument("--report", metavar="DIR", help="build the report into DIR at the end")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for each run")
-    a = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[Sweep, argparse.Namespace]:
+    """The command line -> normalised sweep settings (and the raw namespace)."""
+    a = build_parser().parse_args(argv)
     from robust_ft.data.distortions import KINDS
 
     grid = PRESETS[a.preset]

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
-
 ARTIFACT_CKPT_DIR = "checkpoints"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -117,38 +115,6 @@ def environment_params() -> dict[str, str]:
     return out
 
 
-class RunLogger(MLFlowLogger):
-    """MLFlowLogger bound to a run that ``tracked_run`` owns: it logs, never ends the run.
-
-    Lightning finalizes a logger after ``fit`` and again after ``test``; the run's status is
-    decided once, by ``tracked_run``, when the whole command is over.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._logged_params: dict[str, str] = {}
-
-    def log_hyperparams(self, params) -> None:
-        """Log params once; a key logged again with the same value is skipped."""
-        params = flatten(dict(params)) if isinstance(params, Mapping) else flatten(vars(params))
-        fresh = {}
-        for k, v in params.items():
-            v = str(v)[:6000]
-            if self._logged_params.get(k) != v:
-                fresh[k] = v
-        if fresh:
-            from mlflow.entities import Param
-
-            self.experiment.log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
-            self._logged_params.update(fresh)
-
-    def finalize(self, status: str = "success") -> None:
-        """Nothing: ``tracked_run`` sets the final status."""
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.experiment.log_artifact(self.run_id, str(path), artifact_path)
-
-
 # ----------------------------------------------------------------- the one run lifecycle
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every layer (Lightning included) unwinds the same way."""
@@ -230,7 +196,8 @@ def tracked_run(
     """Own one MLflow run for the block: create or adopt it, tag its owner, set its final status.
 
     The run is ``run_id`` when given, else ``MLFLOW_RUN_ID`` (``mlflow run``) when ``adopt_env``
-    and the run is not nested, else a new run (a nested child of ``parent_run_id`` when given).
+    and the run is not nested (``.experiment`` is then the adopted run's), else a new run (a
+    nested child of ``parent_run_id`` when given).
     Ends FINISHED (a stale ``error`` tag of an earlier attempt is removed), KILLED on SIGINT or
     SIGTERM at any moment of the block, or FAILED with an ``error`` tag. ``active=False`` (DDP
     ranks > 0) yields a run without an id and writes nothing. ``mark_running=False`` leaves an
@@ -240,27 +207,14 @@ def tracked_run(
     if not active:
         yield TrackedRun(None, experiment, uri)
         return
-    mlflow_client = client(uri)
     if run_id is None and adopt_env and not parent_run_id:
         run_id = os.environ.get("MLFLOW_RUN_ID") or None
     all_tags = {**(tags or {}), **process_tags()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    if run_id:
-        adopted = _check_owner(mlflow_client, run_id)
-        experiment = mlflow_client.get_experiment(adopted.info.experiment_id).name
-        for k, v in all_tags.items():
-            mlflow_client.set_tag(run_id, k, v)
-        if run_name:
-            mlflow_client.update_run(run_id, name=run_name)
-        if mark_running:
-            mlflow_client.update_run(run_id, status="RUNNING")
-        tracked = TrackedRun(run_id, experiment, uri, adopted=True)
-    else:
-        exp = mlflow_client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else _create_experiment(mlflow_client, experiment)
-        run = mlflow_client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        tracked = TrackedRun(run.info.run_id, experiment, uri)
+    mlflow_client = client(uri)
+    tracked = _open_run(mlflow_client, experiment, run_id, run_name, all_tags, mark_running)
+    tracked.uri = uri
     if params:
         from mlflow.entities import Param
 
@@ -273,8 +227,9 @@ def tracked_run(
             yield tracked
     except BaseException as e:
         tracked.status = final_status(e, _signals["count"] > before)
-        with contextlib.suppress(Exception):  # never hide the run's own error
+        with contextlib.suppress(Exception):  # never hide the block's own error
             mlflow_client.set_tag(tracked.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        with contextlib.suppress(Exception):
             mlflow_client.set_terminated(tracked.run_id, tracked.status)
         raise
     tracked.status = "FINISHED"
@@ -282,6 +237,24 @@ def tracked_run(
     if "error" in run.data.tags:  # an earlier attempt's error; this one succeeded
         mlflow_client.delete_tag(tracked.run_id, "error")
     mlflow_client.set_terminated(tracked.run_id, "FINISHED")
+
+
+def _open_run(mlflow_client, experiment, run_id, run_name, tags, mark_running) -> TrackedRun:
+    """Adopt ``run_id`` (tags, name, RUNNING) or create a run in ``experiment``."""
+    if run_id:
+        adopted = _check_owner(mlflow_client, run_id)
+        for k, v in tags.items():
+            mlflow_client.set_tag(run_id, k, v)
+        if run_name:
+            mlflow_client.update_run(run_id, name=run_name)
+        if mark_running:
+            mlflow_client.update_run(run_id, status="RUNNING")
+        name = mlflow_client.get_experiment(adopted.info.experiment_id).name
+        return TrackedRun(run_id, name, "", adopted=True)
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else _create_experiment(mlflow_client, experiment)
+    run = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags)
+    return TrackedRun(run.info.run_id, experiment, "")
 
 
 def _create_experiment(mlflow_client, name: str) -> str:

@@ -1,13 +1,15 @@
-"""Callbacks that write a run's tracking record: its config, an interrupt checkpoint, a resume."""
+"""The logger and callbacks that write a run's tracking record: metrics, config, checkpoints."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
 
 
 class LogConfig(SaveConfigCallback):
@@ -17,7 +19,7 @@ class LogConfig(SaveConfigCallback):
         import yaml
 
         from robust_ft.data.datamodules import DistortedDataModule
-        from robust_ft.tracking import RunLogger, environment_params, flatten
+        from robust_ft.tracking import environment_params, flatten
 
         logger = trainer.logger
         if not isinstance(logger, RunLogger):
@@ -67,3 +69,37 @@ class MarkResumed(Callback):
         client.update_run(self.run_id, status="RUNNING")
         client.set_tag(self.run_id, "resumed_from", self.ckpt)
         self.done = True
+
+
+class RunLogger(MLFlowLogger):
+    """MLFlowLogger bound to a run that ``tracked_run`` owns: it logs, never ends the run.
+
+    Lightning finalizes a logger after ``fit`` and again after ``test``; the run's status is
+    decided once, by ``tracked_run``, when the whole command is over.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._logged_params: dict[str, str] = {}
+
+    def log_hyperparams(self, params) -> None:
+        """Log params once; a key logged again with the same value is skipped."""
+        from robust_ft.tracking import flatten
+
+        params = flatten(dict(params)) if isinstance(params, Mapping) else flatten(vars(params))
+        fresh = {}
+        for k, v in params.items():
+            v = str(v)[:6000]
+            if self._logged_params.get(k) != v:
+                fresh[k] = v
+        if fresh:
+            from mlflow.entities import Param
+
+            self.experiment.log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
+            self._logged_params.update(fresh)
+
+    def finalize(self, status: str = "success") -> None:
+        """Nothing: ``tracked_run`` sets the final status."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.experiment.log_artifact(self.run_id, str(path), artifact_path)

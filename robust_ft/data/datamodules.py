@@ -123,6 +123,7 @@ class DistortedDataModule(L.LightningDataModule):
     dataset_name: ClassVar[str] = ""
     info: DatasetInfo
 
+    # Over 50 lines for its Args docstring, which LightningCLI shows as the options' help.
     def __init__(
         self,
         root: str = "data",

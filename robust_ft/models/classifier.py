@@ -29,6 +29,7 @@ class Schedule:
 class ImageClassifier(L.LightningModule):
     """A paper CNN (``arch``) trained with SGD; logs ``train/loss``, ``val/err``, ``test/err/...``."""
 
+    # Over 50 lines for its Args docstring, which LightningCLI shows as the options' help.
     def __init__(
         self,
         arch: str = "lenet5",
