@@ -7,9 +7,11 @@ and re-train on one distorted setting -> test each; every step a nested MLflow r
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
+log = logging.getLogger("robust_ft")
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -103,9 +105,9 @@ def demo_steps(a: argparse.Namespace, parent) -> dict:
 
     kinds = ["motion", "defocus", "noise", "combined"]
     steps = {}
-    print(f"[demo] pre-train {a.model} on clean {a.dataset}", flush=True)
+    log.info(f"[demo] pre-train {a.model} on clean {a.dataset}")
     steps["pretrain"] = pre = step("fit", {"data.init_args.test_kinds": ["clean"]})
-    print(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}", flush=True)
+    log.info(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}")
     grid = {"test_kinds": kinds, "test_levels": [level_text(x) for x in a.levels.split(",") if x]}
     steps["notrain"] = step(
         "test",
@@ -116,11 +118,11 @@ def demo_steps(a: argparse.Namespace, parent) -> dict:
         **{f"data.init_args.{k}": v for k, v in test_grid(a.kind, a.level).items()},
     }
     for n in [int(x) for x in a.first_n.split(",") if x]:
-        print(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}", flush=True)
+        log.info(f"[demo] fine-tune first-{n} on {a.kind} level {a.level}")
         finetune = {"model.first_n": n, "model.init_from": pre.run_id}
         subset = {"data.init_args.train_subset": a.finetune_subset}
         steps[f"first-{n}"] = step("fit", {**setting, **finetune, **subset})
-    print(f"[demo] re-train on {a.kind} level {a.level}", flush=True)
+    log.info(f"[demo] re-train on {a.kind} level {a.level}")
     steps["retrain"] = step("fit", setting)
     return steps
 

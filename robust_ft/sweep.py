@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -64,6 +65,7 @@ from robust_ft.pipeline import base_config
 from robust_ft.settings import experiment_name, test_grid
 from robust_ft.tracking import client as tracking_client
 
+log = logging.getLogger("robust_ft")
 ALL_KINDS = ("motion", "defocus", "noise", "combined")
 
 
@@ -542,8 +544,8 @@ def run_sweep(sw: Sweep, dry_run: bool = False) -> Plan:
             view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
             p = plan(client, sw)
             _mark_stale(client, p.stale)
-            print(f"[sweep] {sw.name}: parent run {parent.run_id}, {len(p.todo)} cells to run, "
-                  f"{len(p.done)} finished", flush=True)  # fmt: skip
+            log.info(f"[sweep] {sw.name}: parent run {parent.run_id}, {len(p.todo)} cells to run, "
+                  f"{len(p.done)} finished")  # fmt: skip
             pretrain = {c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done}  # fmt: skip
             for i, cell in enumerate(p.todo, 1):
                 t0 = time.time()
@@ -556,12 +558,11 @@ def run_sweep(sw: Sweep, dry_run: bool = False) -> Plan:
                     f"{k.removeprefix('test/err/')} {v:.2f}"
                     for k, v in sorted(res.test_errors.items())
                 )
-                print(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}",
-                      flush=True)  # fmt: skip
+                log.info(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}")  # fmt: skip
         finally:
             _add_wall_time(client, parent.run_id, time.time() - start)
-    print(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}", flush=True)
-    print(f"[sweep] the runs table in the MLflow UI: {ui_link(view)}", flush=True)
+    log.info(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}")
+    log.info(f"[sweep] the runs table in the MLflow UI: {ui_link(view)}")
     return replace(p, parent=parent.run_id, todo=[])
 
 
