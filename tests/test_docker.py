@@ -82,8 +82,10 @@ def _compose_client() -> list[str] | None:
 
 def test_compose_config_validates():
     client = _compose_client()
-    if client is None:
-        pytest.skip("no compose client (apt-get install docker-compose)")
+    if client is None:  # a fresh machine: install the Debian package (as the docker fixture does)
+        _apt_install("docker-compose")
+        client = _compose_client()
+    assert client is not None, "docker-compose is not on PATH after apt-get install docker-compose"
     env = {**os.environ, "POSTGRES_PASSWORD": "0123abcd"}
     r = subprocess.run(
         [*client, "-f", str(DOCKER_DIR / "compose.yaml"), "--profile", "gpu", "--profile", "cpu",
