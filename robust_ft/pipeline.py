@@ -170,10 +170,9 @@ def show_distortions_main(argv: list[str] | None = None) -> Path:
     from robust_ft.data.datamodules import DATAMODULES
     from robust_ft.data.figures import render_distortion_grid
 
-    if a.dataset not in DATAMODULES:
-        raise ValueError(
-            f"unknown --dataset {a.dataset!r}; use one of {', '.join(sorted(DATAMODULES))}"
-        )
+    if a.dataset not in DATAMODULES:  # checked after parsing, so --help needs no torch
+        choices = ", ".join(sorted(DATAMODULES))
+        raise ValueError(f"--dataset: invalid choice: {a.dataset!r} (choose from {choices})")
     dm = DATAMODULES[a.dataset](root=a.root)
     images, _ = dm.load_split("test")
     out = render_distortion_grid(np.asarray(images[a.index : a.index + 1]), a.out, seed=a.seed)

@@ -79,26 +79,32 @@ class RunArgs:
     configs: Sequence[str | Path] = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
     argv: Sequence[str] | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """overrides that win even over the user's flags (a tuning trial's epochs)"""
     instantiate: bool = True
 
 
 def nested(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}`` (dotted keys expanded)."""
+    """``{"a.b": 1, "a": {"c": 2}}`` -> ``{"a": {"b": 1, "c": 2}}``.
+
+    Only the keys of ``overrides`` are split at dots; keys inside values (e.g. tag names such as
+    ``optuna.study`` in ``tracking.tags``) are kept as they are.
+    """
     out: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         *path, last = key.split(".")
         node = out
         for part in path:
             node = node.setdefault(part, {})
-        if isinstance(value, Mapping):
-            node[last] = _merge(node.get(last, {}), nested(value))
+        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+            node[last] = _merge(node[last], dict(value))
         else:
-            node[last] = value
+            node[last] = dict(value) if isinstance(value, Mapping) else value
     return out
 
 
-def user_keys(argv: Sequence[str]) -> set[str]:
-    """The dotted keys a command line sets, ``--config`` files' keys included.
+def user_keys(argv: Sequence[str]) -> dict[str, str]:
+    """The dotted keys a command line sets -> the flag that sets each (``--config`` files too).
 
     Hand-written because jsonargparse has no public way to list what a command line set; only
     the option names are read here, the values are parsed by jsonargparse.
@@ -107,17 +113,19 @@ def user_keys(argv: Sequence[str]) -> set[str]:
 
     from robust_ft.tracking import flatten
 
-    keys: set[str] = set()
+    keys: dict[str, str] = {}
     for i, token in enumerate(argv):
-        if not token.startswith("--"):
+        if not token.startswith("--") and token != "-c":
             continue
-        name, eq, value = token[2:].partition("=")
+        name, eq, value = token.lstrip("-").partition("=")
         if name in ("config", "c"):
             path = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
             if Path(path).is_file():
-                keys |= set(flatten(yaml.safe_load(Path(path).read_text()) or {}))
+                cfg = yaml.safe_load(Path(path).read_text())
+                source = f"--config {path}"
+                keys |= dict.fromkeys(flatten(cfg) if isinstance(cfg, dict) else {}, source)
         else:
-            keys.add(name)
+            keys[name.rstrip("+")] = token
     return keys
 
 
@@ -170,7 +178,8 @@ class RobustCLI(LightningCLI):
 
     def parse_arguments(self, parser, args: RunArgs) -> None:
         """Config files and the user's flags as the console parses them, then the overrides the
-        user did not set (last: jsonargparse cannot parse flags over a ``parse_object`` result)."""
+        user did not set and the fixed ones (last: jsonargparse cannot parse flags over a
+        ``parse_object`` result, so all overrides go in one ``parse_object``)."""
         for path in args.configs:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
@@ -178,6 +187,7 @@ class RobustCLI(LightningCLI):
         files = [f"--config={path}" for path in args.configs]  # jsonargparse's own file action
         cfg = parser.parse_args(files + argv)
         overrides = _without(nested(args.overrides), user_keys(argv))  # the user's flags win
+        overrides = _merge(overrides, nested(args.fixed))  # except over fixed settings
         if overrides:
             cfg = parser.parse_object(overrides, namespace=cfg)
         self.config = cfg
@@ -364,9 +374,10 @@ def parse(
     *,
     configs: Sequence[str | Path] = (),
     argv: Sequence[str] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> RobustCLI:
     """Parse and validate settings as ``run`` would, building nothing (``.config``, names)."""
-    return RobustCLI(RunArgs(command, configs, overrides or {}, argv, instantiate=False))
+    return RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}, False))
 
 
 def run(
@@ -377,9 +388,12 @@ def run(
     argv: Sequence[str] | None = None,
     callbacks: Sequence = (),
     summary: bool = False,
+    fixed: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Fit, validate or test one model as one MLflow run; the result says what it produced.
 
+    Settings: ``configs``, the user's flags ``argv``, ``overrides`` of what the user did not set,
+    ``fixed`` (what the caller must decide, e.g. a tuning trial's epochs; use sparingly).
     ``summary``: print the test errors as one kind x level table and where the run is (the
     console sets it).
     """
@@ -387,7 +401,7 @@ def run(
 
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
-    cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv))
+    cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}))
     tr, tags = cli.config.tracking, run_tags(cli)
     lv = tags["level"]
     name = tr.run_name or f"{tags['method']}-{tags['distortion']}-L{lv}"

@@ -491,8 +491,18 @@ def plan(client, sw: Sweep) -> Plan:
 
 
 def _mark_stale(client, stale: dict[str, list[str]]) -> None:
+    """Mark FAILED the cells' runs left RUNNING by a sweep process that is gone.
+
+    A run whose owner (``host``/``pid`` tags) is a live process of this host is left alone: it is
+    a worker of this sweep. Runs of other hosts are left to their own workers.
+    """
+    from robust_ft.tracking import owner_alive
+
     for key, run_ids in stale.items():
         for run_id in run_ids:
+            tags = client.get_run(run_id).data.tags
+            if owner_alive(tags) is not False:
+                continue
             client.set_tag(run_id, "error", f"left RUNNING by a killed sweep; cell {key} re-run")
             client.set_terminated(run_id, "FAILED")
 
@@ -524,11 +534,20 @@ def _add_wall_time(client, parent: str, seconds: float) -> None:
     client.set_tag(parent, "sweep_wall_s", f"{before + seconds:.0f}")
 
 
-def run_sweep(sw: Sweep, dry_run: bool = False) -> Plan:
+@dataclass
+class Workers:
+    """How the cells are run: in this process, or as trials of an Optuna study (``storage``)."""
+
+    n: int = 1
+    storage: str | None = None
+    heartbeat: int = 30
+
+
+def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) -> Plan:
     """Run (or, with ``dry_run``, list) every unfinished cell of the sweep under one parent run."""
-    from robust_ft.runner import run
     from robust_ft.tracking import check_reachable, default_tracking_uri, tracked_run
 
+    workers = workers or Workers()
     check_reachable(default_tracking_uri())
     client = tracking_client()
     own = os.environ.get("MLFLOW_RUN_ID")
@@ -545,25 +564,37 @@ def run_sweep(sw: Sweep, dry_run: bool = False) -> Plan:
             p = plan(client, sw)
             _mark_stale(client, p.stale)
             log.info(f"[sweep] {sw.name}: parent run {parent.run_id}, {len(p.todo)} cells to run, "
-                  f"{len(p.done)} finished")  # fmt: skip
-            pretrain = {c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done}  # fmt: skip
-            for i, cell in enumerate(p.todo, 1):
-                t0 = time.time()
-                spec = cell_run(sw, cell, parent.run_id, pretrain.get(cell.seed))
-                res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
-                p.done[cell.key] = res.run_id
-                if cell.method == "pretrain":
-                    pretrain[cell.seed] = res.run_id
-                errs = ", ".join(
-                    f"{k.removeprefix('test/err/')} {v:.2f}"
-                    for k, v in sorted(res.test_errors.items())
-                )
-                log.info(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}")  # fmt: skip
+                     f"{len(p.done)} finished")  # fmt: skip
+            if workers.storage is None and workers.n == 1:
+                _run_cells(sw, p, parent.run_id)
+            else:
+                from robust_ft.workers import run_workers
+
+                storage = workers.storage or "sqlite:///optuna.db"
+                run_workers(sw, parent.run_id, storage, workers.n, workers.heartbeat)
         finally:
             _add_wall_time(client, parent.run_id, time.time() - start)
     log.info(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}")
     log.info(f"[sweep] the runs table in the MLflow UI: {ui_link(view)}")
-    return replace(p, parent=parent.run_id, todo=[])
+    return replace(plan(client, sw), parent=parent.run_id, todo=[])
+
+
+def _run_cells(sw: Sweep, p: Plan, parent: str) -> None:
+    """The cells one after another in this process (they share its imports)."""
+    from robust_ft.runner import run
+
+    pretrain = {c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done}  # fmt: skip
+    for i, cell in enumerate(p.todo, 1):
+        t0 = time.time()
+        spec = cell_run(sw, cell, parent, pretrain.get(cell.seed))
+        res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
+        p.done[cell.key] = res.run_id
+        if cell.method == "pretrain":
+            pretrain[cell.seed] = res.run_id
+        errs = ", ".join(
+            f"{k.removeprefix('test/err/')} {v:.2f}" for k, v in sorted(res.test_errors.items())
+        )
+        log.info(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}")
 
 
 def ui_link(fragment: str) -> str:
@@ -623,6 +654,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-size", default="96,64", help="synthetic train,test images")
     p.add_argument("--dry-run", action="store_true", help="list the cells and the time estimate")
     p.add_argument("--report", metavar="DIR", help="build the report into DIR at the end")
+    w = p.add_argument_group("workers (cells as trials of an Optuna study; docs/scale-out.md)")
+    w.add_argument("--workers", type=int, default=1, help="cells run at once on this machine (1)")
+    w.add_argument(
+        "--storage",
+        help="Optuna storage that shares the cells between workers and machines "
+        "(default with --workers > 1: sqlite:///optuna.db; postgresql://... for several machines)",
+    )
+    w.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds; a silent worker's cell is re-run after 2x (30)",
+    )
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for each run")
     return p
 
@@ -670,7 +714,12 @@ def main(argv: list[str] | None = None) -> Plan:
     """`robust-ft sweep`: run or resume the grid (``--dry-run``: list it; ``--report``: then
     build the report of its runs)."""
     sw, a = parse_args(sys.argv[1:] if argv is None else argv)
-    result = run_sweep(sw, dry_run=a.dry_run)
+    if a.workers < 1:
+        raise ValueError(f"--workers must be >= 1 (got {a.workers})")
+    if a.heartbeat < 1:
+        raise ValueError(f"--heartbeat must be >= 1 second (got {a.heartbeat})")
+    workers = Workers(a.workers, a.storage, a.heartbeat)
+    result = run_sweep(sw, dry_run=a.dry_run, workers=workers)
     if a.report and not a.dry_run:
         from robust_ft.report import build_report
 

@@ -316,6 +316,14 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process named by a run's ``host``/``pid`` tags lives (None: another host)."""
+    pid = tags.get("pid", "")
+    if tags.get("host") != socket.gethostname() or not pid.isdigit():
+        return None
+    return int(pid) == os.getpid() or _alive(int(pid))
+
+
 def client(uri: str | None = None):
     """An MlflowClient on ``uri``, by default the store every robust-ft command uses."""
     from mlflow.tracking import MlflowClient

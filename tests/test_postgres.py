@@ -203,3 +203,38 @@ def test_fit_and_tune_against_postgres_backed_mlflow_server(
             "select count(*) from runs where experiment_id = %s", (int(exp.experiment_id),)
         ).fetchone()[0]
     assert n == len(runs)
+
+
+def test_two_sweep_workers_share_cells_through_postgres(postgres, tmp_path, monkeypatch):
+    """`robust-ft sweep --workers 2` with the cells queued in a PostgreSQL Optuna storage."""
+    from collections import Counter
+
+    import optuna
+
+    from robust_ft import sweep
+
+    hostport, password = postgres
+    storage = f"postgresql://{USER}:{password}@{hostport}/optuna"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    plan = sweep.main(["--synthetic", "--synthetic-size", "128,64", "--kinds", "noise",
+                       "--levels", "2", "--first-n", "1", "--budget", "demo", "--name", "pg",
+                       "--workers", "2", "--storage", storage])  # fmt: skip
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("lenet5-synthetic").experiment_id],
+        f"tags.mlflow.parentRunId = '{plan.parent}'",
+    )
+    cells = Counter(r.data.tags["cell"].split("/", 3)[3] for r in runs)
+    assert cells == Counter(["pretrain/clean/L0", "notrain/noise/L2", "first-1/noise/L2",
+                             "retrain/noise/L2"])  # fmt: skip
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["pid"] for r in runs}) == 2
+    study = optuna.load_study(study_name=f"sweep-{plan_key(plan, client)}", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.user_attrs["run_id"] for t in done) == sorted(r.info.run_id for r in runs)
+
+
+def plan_key(plan, client) -> str:
+    return client.get_run(plan.parent).data.tags["sweep_key"]

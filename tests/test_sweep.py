@@ -231,3 +231,60 @@ def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
     assert len(runs) == len(TINY_CELLS) + len(stale)
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {plan.parent}
     assert client.get_run(plan.parent).info.status == "FINISHED"
+
+
+# ----------------------------------------------------------------- workers
+def _one_finished_run_per_cell(client) -> list:
+    runs = _children(client)
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    assert Counter(_cell_suffix(r.data.tags["cell"]) for r in done) == Counter(TINY_CELLS)
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    return runs
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_cells(workdir):
+    import optuna
+
+    plan = sweep.main([*TINY, "--workers", "2", "--storage", f"sqlite:///{workdir / 'q.db'}"])
+    client = MlflowClient()
+    runs = _one_finished_run_per_cell(client)
+    assert len(runs) == len(TINY_CELLS)  # nothing ran twice
+    assert client.get_run(plan.parent).info.status == "FINISHED"
+    pids = {r.data.tags["pid"] for r in runs}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # two worker processes did the work
+    (study,) = optuna.get_all_study_names(f"sqlite:///{workdir / 'q.db'}")
+    trials = optuna.load_study(study_name=study, storage=f"sqlite:///{workdir / 'q.db'}").trials
+    complete = Counter(t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE")
+    assert sorted(complete.values()) == [1] * len(TINY_CELLS)
+
+
+@pytest.mark.slow
+def test_a_killed_workers_cell_is_run_again_by_another(workdir):
+    tests = os.path.dirname(__file__)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{tests}:{os.environ.get('PYTHONPATH', '')}",
+    }
+    cmd = [sys.executable, "-m", "robust_ft", "sweep", *TINY[:-2], "--name", "killed-worker",
+           "--workers", "2", "--heartbeat", "2", "--synthetic-size", "640,64",
+           "--extra", "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    client = MlflowClient()
+    deadline, victim = time.time() + 600, None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        runs = [r for r in _children(client) if r.info.status == "RUNNING"]
+        victim = next((r for r in runs if "val/err" in r.data.metrics), None)
+        time.sleep(0.2)
+    assert victim is not None, proc.communicate()[0][-3000:]
+    os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # one worker, mid-cell
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    runs = _one_finished_run_per_cell(client)
+    # the other worker picked the cell up and, finding the killed attempt's checkpoint, resumed it
+    # into the same MLflow run (the resume of a killed `fit`): nothing ran twice, nothing is lost
+    assert len(runs) == len(TINY_CELLS)
+    again = client.get_run(victim.info.run_id)
+    assert again.info.status == "FINISHED" and again.data.tags["resumed_from"].endswith("last.ckpt")
+    assert again.data.tags["pid"] != victim.data.tags["pid"]

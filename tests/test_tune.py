@@ -12,12 +12,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import CONF, synthetic_yaml
+from conftest import CONF, run_cli, synthetic_yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from robust_ft import runner
 from robust_ft import tune as tune_mod
-from robust_ft.cli import run_cli
 
 SYNTH_YAML = synthetic_yaml(cache=False)
 BASE = ["--model", "lenet5", "--dataset", "mnist", "--kind", "defocus", "--level", "1"]
@@ -77,15 +77,14 @@ def test_redact_hides_passwords_and_tokens(url, shown):
     assert tune_mod.redact(url) == shown
 
 
-def test_search_space_and_flags():
+def test_search_space_and_overrides():
     space = tune_mod.SearchSpace((1e-6, 1e-2), lr_gamma=(0.01, 0.5), first_n=[1, 2])
     trial = optuna.trial.FixedTrial({"lr": 1e-4, "lr_gamma": 0.1, "first_n": 2})
     params = space.suggest(trial)
     assert params == {"lr": 1e-4, "lr_gamma": 0.1, "first_n": 2}
-    assert tune_mod.param_flags(params) == [
-        "--model.finetune.lr", "0.0001", "--model.finetune.lr_gamma", "0.1",
-        "--model.first_n", "2",
-    ]  # fmt: skip
+    assert tune_mod.param_overrides(params) == {
+        "model.finetune.lr": 1e-4, "model.finetune.lr_gamma": 0.1, "model.first_n": 2,
+    }  # fmt: skip
     assert tune_mod.parse_params("lr=1e-5, first_n=3") == {"lr": 1e-5, "first_n": 3}
     with pytest.raises(ValueError, match="name=value"):
         tune_mod.parse_params("momentum=0.9")
@@ -174,10 +173,10 @@ def test_failed_trial_is_retried_once(workdir, synth, monkeypatch):
     init = workdir / "fake.ckpt"
     init.write_bytes(b"never loaded")
 
-    def boom(args, extra_callbacks=None):
+    def boom(command, overrides=None, **kwargs):
         raise RuntimeError("worker lost its GPU")
 
-    monkeypatch.setattr(tune_mod, "run_cli", boom)
+    monkeypatch.setattr(runner, "run", boom)
     with pytest.raises(RuntimeError, match="lost its GPU"):
         tune_mod.main([*BASE, "--config", synth, "--init-from", str(init), "--study-name", "f",
                        "--n-trials", "5", "--max-failures", "2"])  # fmt: skip
@@ -338,3 +337,39 @@ def test_study_on_postgresql(workdir, synth, pretrain, postgres_url):
     ]  # fmt: skip
     assert set(_children(MlflowClient(), res.parent_run_id)) == {0, 1}
     optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_extra_flag_of_a_searched_parameter_is_refused(workdir, synth):
+    """--extra is applied last and would win over the sampled value: refused, naming the option."""
+    init = workdir / "fake.ckpt"
+    init.write_bytes(b"never loaded: the study is refused first")
+    common = [*BASE, "--config", synth, "--init-from", str(init), "--n-trials", "1"]
+    overlay = workdir / "rate.yaml"
+    overlay.write_text("model:\n  finetune:\n    lr: 0.001\n")
+    cases = [
+        (["--extra", "--model.finetune.lr", "1e-3"], "sets model.finetune.lr.*--lr-min/--lr-max"),
+        (["--extra", "--model.finetune.lr=1e-3"], "--lr-min/--lr-max"),
+        (["--extra", "--config", str(overlay)], "sets model.finetune.lr.*tune's --config"),
+        (["--search-weight-decay", "--extra", "--model.weight_decay", "0"], "--wd-min/--wd-max"),
+        (["--extra", "--model.init_from", str(init)], "use --init-from instead"),
+    ]
+    for flags, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tune_mod.main([*common, *flags])
+    assert not Path("optuna.db").exists()  # nothing half-made
+
+
+def test_trial_settings_replace_the_same_extra_flags(workdir):
+    """--trial-epochs narrows trials only: ``runner.run(fixed=...)`` wins over the user's flag of
+    that setting, the user's flags win over every other override."""
+    from robust_ft.runner import parse
+
+    extra = ["--model.finetune.max_epochs", "1", "--trainer.max_epochs=4"]
+    fixed = {"model.finetune.max_epochs": 2, "data.init_args.train_subset": 100}
+    base = {"trainer.max_epochs": 9, "data.init_args.train_subset": 7}
+    conf = [CONF / "lenet5_mnist.yaml"]
+    trial = parse("fit", base, configs=conf, argv=extra, fixed=fixed).config
+    assert (trial.model.finetune.max_epochs, trial.data.init_args.train_subset) == (2, 100)
+    assert trial.trainer.max_epochs == 4  # the user's flag over the override
+    final = parse("fit", base, configs=conf, argv=extra).config
+    assert (final.model.finetune.max_epochs, final.data.init_args.train_subset) == (1, 7)
