@@ -190,3 +190,37 @@ def test_sigint_inside_a_sweep_cell_marks_cell_and_parent_killed(workdir):
     assert client.get_run(cell.info.run_id).info.status == "KILLED"
     parent = client.get_run(cell.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
+
+
+# ----------------------------------------------------------------- a signal inside a tune trial
+@pytest.mark.slow
+def test_sigint_inside_a_tune_trial_marks_trial_and_study_parent_killed(workdir):
+    from conftest import run_cli, synthetic_yaml
+
+    synth = workdir / "synth.yaml"
+    synth.write_text(synthetic_yaml(cache=False).replace("n_train: 256", "n_train: 640"))
+    run_cli(["fit", "--config", str(CONF / "lenet5_mnist.yaml"), "--config", str(synth),
+             "--trainer.max_epochs", "1", "--tracking.log_model", "false"])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}:{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [
+        sys.executable, "-m", "robust_ft", "tune", "--model", "lenet5", "--dataset", "mnist",
+        "--kind", "defocus", "--level", "1", "--config", str(synth), "--n-trials", "3",
+        "--trial-epochs", "20", "--pruner", "none",
+        "--extra", "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("lenet5-synthetic")
+    deadline, trial = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and trial is None:
+        runs = client.search_runs([exp.experiment_id], "tags.`optuna.trial` != ''")
+        trial = next((r for r in runs if r.info.status == "RUNNING" and "val/err" in r.data.metrics), None)  # fmt: skip
+        time.sleep(0.2)
+    assert trial is not None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert client.get_run(trial.info.run_id).info.status == "KILLED"
+    parent = client.get_run(trial.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"

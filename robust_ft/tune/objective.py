@@ -138,7 +138,10 @@ class Objective:
             client.set_tag(run_id, "error", error[:5000])
         if value is not None:
             client.log_metric(run_id, "val/err_best", value)
-        client.set_terminated(run_id, RUN_STATUS[state])
+        status = RUN_STATUS[state]
+        if state == "FAIL" and run.info.status == "KILLED":  # interrupted (Ctrl-C, SIGTERM)
+            status = "KILLED"
+        client.set_terminated(run_id, status)
 
     def _best_val_err(self, run_id: str) -> float:
         """The objective: the lowest ``val/err`` of the run's epochs (its best checkpoint's)."""
