@@ -1,0 +1,135 @@
+"""Start-up cost of a run outside its train/test loops, and a sweep on 1 vs 2 workers.
+
+Usage: python benchmarks/startup.py [--out benchmarks/results/startup.json] [--before REV]
+       [--repeats 3]
+
+Side by side in one run (pairs interleaved, medians), each in a fresh temporary MLflow store:
+- ``--help`` of every command: wall time of the whole process;
+- a trivial ``fit`` (100 synthetic 28x28 images, 1 epoch): wall time of the whole process;
+- in one process, two such fits through ``runner.run``: wall time minus the time inside the
+  train/test loops (a callback measures them) = the overhead of a run; the second one is what a
+  sweep cell pays (imports shared);
+- the wall time of a small synthetic sweep (8 cells) with ``--workers 1`` and ``--workers 2``.
+``--before REV`` measures the command-level numbers of an older revision too (a git worktree run
+with this virtualenv), so "before and after" come from the same machine at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HELPS = [[], ["fit"], ["test"], ["demo"], ["sweep"], ["tune"], ["report"], ["show-distortions"]]
+SYNTH = [
+    "--data.class_path", "robust_ft.data.datamodules.SyntheticDataModule",
+    "--data.init_args.image_shape", "[1,28,28]", "--data.init_args.n_train", "100",
+    "--data.init_args.n_test", "100", "--data.init_args.batch_size", "50",
+    "--data.init_args.root", "data",
+]  # fmt: skip
+FIT = ["fit", "--config", str(REPO / "conf/lenet5_mnist.yaml"), *SYNTH,
+       "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+SWEEP = ["sweep", "--synthetic", "--synthetic-size", "3000,500", "--kinds", "defocus,noise",
+         "--levels", "0,2", "--first-n", "1", "--budget", "demo", "--name", "bench"]  # fmt: skip
+
+
+def timed(cmd: list[str], code: Path, env_extra: dict | None = None) -> float:
+    """Wall seconds of ``python -m robust_ft <cmd>`` with ``code`` first on the path, fresh store."""
+    with tempfile.TemporaryDirectory() as d:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d}/mlflow.db",
+               "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1", **(env_extra or {})}  # fmt: skip
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "robust_ft", *cmd], cwd=d, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+        wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"{cmd} failed:\n{r.stderr[-3000:]}")
+    return wall
+
+
+def worktree(rev: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="robust-ft-before-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
+                   check=True, capture_output=True)  # fmt: skip
+    return path
+
+
+def run_overheads() -> list[float]:
+    """Overheads (s) of two trivial fits in this process: wall minus train/test loop time."""
+    from lightning.pytorch.callbacks import Callback
+
+    from robust_ft.runner import run
+
+    class Loops(Callback):
+        def __init__(self):
+            self.inside, self.t0 = 0.0, 0.0
+
+        def _start(self, *args):
+            self.t0 = time.perf_counter()
+
+        def _end(self, *args):
+            self.inside += time.perf_counter() - self.t0
+
+        on_train_start = on_test_start = _start
+        on_train_end = on_test_end = _end
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        cwd = os.getcwd()
+        os.chdir(d)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
+        try:
+            for _ in range(2):
+                loops = Loops()
+                t0 = time.perf_counter()
+                run(FIT[0], argv=[*FIT[1:], "--tracking.resume", "never"], callbacks=[loops])
+                out.append(time.perf_counter() - t0 - loops.inside)
+        finally:
+            os.chdir(cwd)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/results/startup.json")
+    p.add_argument("--before", help="an older revision to measure beside this one")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    codes = {"now": REPO}
+    if a.before:
+        codes["before"] = worktree(a.before)
+    res: dict = {"machine": {"platform": platform.platform(), "nproc": os.cpu_count()}}
+    for name in codes:
+        res[name] = {"help_s": {}, "fit_process_s": []}
+    for _ in range(a.repeats):  # interleaved: before and now see the same machine load
+        for name, code in codes.items():
+            for h in HELPS:
+                res[name]["help_s"].setdefault(" ".join(h) or "(none)", []).append(
+                    timed([*h, "--help"], code)
+                )
+            res[name]["fit_process_s"].append(timed(FIT, code))
+    for name in codes:
+        res[name]["help_s"] = {k: statistics.median(v) for k, v in res[name]["help_s"].items()}
+        res[name]["fit_process_s"] = statistics.median(res[name]["fit_process_s"])
+    first, second = run_overheads()
+    res["now"]["run_overhead_s"] = {"first_run_in_process": first, "next_run_in_process": second}
+    one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
+    res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
+    res["machine"]["loadavg_at_end"] = os.getloadavg()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
