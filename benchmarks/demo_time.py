@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
         "tables": [ln for ln in r.stdout.splitlines() if ln.startswith(("|", "Test error"))],
         "target": {"wall_s": 600, "peak_rss_gb": 4},
     }  # fmt: skip
+    return save(res, out)
+
+
+def save(res: dict, out: Path) -> dict:
+    """Write a benchmark's result as JSON (and print it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

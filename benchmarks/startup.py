@@ -17,7 +17,6 @@ with this virtualenv), so "before and after" come from the same machine at the s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from demo_time import save  # benchmarks/ is the script's directory
 
 REPO = Path(__file__).resolve().parent.parent
 HELPS = [[], ["fit"], ["test"], ["demo"], ["sweep"], ["tune"], ["report"], ["show-distortions"]]
@@ -124,11 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
     res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
     res["machine"]["loadavg_at_end"] = os.getloadavg()
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
-    return res
+    return save(res, Path(a.out))
 
 
 if __name__ == "__main__":

@@ -172,24 +172,7 @@ def test_sigint_inside_a_sweep_cell_marks_cell_and_parent_killed(workdir):
         "--name", "stopped", "--extra", "--trainer.max_epochs", "20",
         "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient()
-    deadline, cell = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None and cell is None:
-        exp = client.get_experiment_by_name("lenet5-synthetic")
-        runs = client.search_runs([exp.experiment_id], "tags.cell != ''") if exp else []
-        cell = next(
-            (r for r in runs if r.info.status == "RUNNING" and "val/err" in r.data.metrics), None
-        )
-        time.sleep(0.2)
-    assert cell is not None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
-    assert client.get_run(cell.info.run_id).info.status == "KILLED"
-    parent = client.get_run(cell.data.tags["mlflow.parentRunId"])
-    assert parent.info.status == "KILLED"
+    _interrupt_mid_run_and_check_killed(cmd, env, "tags.cell != ''")
 
 
 # ----------------------------------------------------------------- a signal inside a tune trial
@@ -208,19 +191,25 @@ def test_sigint_inside_a_tune_trial_marks_trial_and_study_parent_killed(workdir)
         "--trial-epochs", "20", "--pruner", "none",
         "--extra", "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05",
     ]  # fmt: skip
+    _interrupt_mid_run_and_check_killed(cmd, env, "tags.`optuna.trial` != ''")
+
+
+def _interrupt_mid_run_and_check_killed(cmd: list[str], env: dict, runs_filter: str) -> None:
+    """Start ``cmd``, Ctrl-C it while a nested run trains: that run and its parent end KILLED."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient()
-    exp = client.get_experiment_by_name("lenet5-synthetic")
-    deadline, trial = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None and trial is None:
-        runs = client.search_runs([exp.experiment_id], "tags.`optuna.trial` != ''")
-        trial = next((r for r in runs if r.info.status == "RUNNING" and "val/err" in r.data.metrics), None)  # fmt: skip
+    deadline, child = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None and child is None:
+        exp = client.get_experiment_by_name("lenet5-synthetic")
+        runs = client.search_runs([exp.experiment_id], runs_filter) if exp else []
+        training = (r for r in runs if r.info.status == "RUNNING" and "val/err" in r.data.metrics)
+        child = next(training, None)
         time.sleep(0.2)
-    assert trial is not None, proc.communicate()[1][-3000:]
+    assert child is not None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
-    assert client.get_run(trial.info.run_id).info.status == "KILLED"
-    parent = client.get_run(trial.data.tags["mlflow.parentRunId"])
+    assert client.get_run(child.info.run_id).info.status == "KILLED"
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
