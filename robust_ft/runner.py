@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from robust_ft.callbacks.tracking import LogConfig, MarkResumed, RunLogger, SaveOnInterrupt
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.models.classifier import ImageClassifier
-from robust_ft.settings import experiment_name, is_finetune, method_name
+from robust_ft.settings import SCHEDULE_KEYS, experiment_name, is_finetune, method_name
 
 log = logging.getLogger("robust_ft")
 COMMANDS = ("fit", "validate", "test")
@@ -157,6 +157,7 @@ class RobustCLI(LightningCLI):
 
     def __init__(self, spec: RunArgs):
         self.spec, self.command = spec, spec.command
+        self._adopted: str | None = None
         super().__init__(
             ImageClassifier,
             DistortedDataModule,
@@ -212,12 +213,11 @@ class RobustCLI(LightningCLI):
         self.resume_run_id, self.resume_ckpt = find_resume(self)
         ref = cfg.model.init_from
         if ref:
-            path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name())
+            match = {"model": cfg.model.arch, "dataset": self.dataset_name()}
+            path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name(), match=match)
             cfg.model.init_from = str(path)
-        ft = cfg.model.finetune
-        fine_tune = is_finetune(cfg.model.first_n, self.n_layers(), ref)
-        if self.command == "fit" and ft is not None and ft.max_epochs and fine_tune:
-            cfg.trainer.max_epochs = ft.max_epochs
+        if self.command == "fit" and is_finetune(cfg.model.first_n, self.n_layers(), ref):
+            finetune_schedule(cfg, self.spec.argv or [], self.spec.fixed)
 
     def n_layers(self) -> int:
         from robust_ft.models import n_param_layers
@@ -235,8 +235,19 @@ class RobustCLI(LightningCLI):
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def experiment_name(self) -> str:
-        cfg = self.config
-        return cfg.tracking.experiment or experiment_name(cfg.model.arch, self.dataset_name())
+        """``--tracking.experiment``, else the adopted run's (`mlflow run` puts its run in the
+        experiment it is given, ``Default`` without one), else ``<model>-<dataset>``."""
+        import os
+
+        from robust_ft.tracking import adopted_experiment
+
+        tr = self.config.tracking
+        if tr.experiment:
+            return tr.experiment
+        if self._adopted is None:
+            env = None if tr.parent_run_id else os.environ.get("MLFLOW_RUN_ID")
+            self._adopted = adopted_experiment(tr.run_id or env) or ""
+        return self._adopted or experiment_name(self.config.model.arch, self.dataset_name())
 
     def dataset_name(self) -> str:
         import importlib
@@ -249,7 +260,7 @@ class RobustCLI(LightningCLI):
         """The model and the data; the Trainer waits for the MLflow run (``build_trainer``)."""
         if not self.spec.instantiate:
             return
-        self.config_init = self.parser.instantiate_classes(self.config)
+        self.config_init = self.parser.instantiate(self.config)
         self.datamodule, self.model = self.config_init.get("data"), self.config_init["model"]
         model, dm = self.model, self.datamodule
         if tuple(model.net.input_shape) != tuple(dm.image_shape):
@@ -293,6 +304,36 @@ class RobustCLI(LightningCLI):
             callbacks=configured + ours + list(callbacks), logger=self.run_logger
         )
         return self.trainer
+
+
+def finetune_schedule(cfg, argv: Sequence[str], fixed: Mapping[str, Any] | None = None) -> None:
+    """A fine-tune trains with ``model.finetune``: put it in force, with what the user typed.
+
+    A flag of the main schedule the user typed (``--model.lr``, ``--trainer.max_epochs``, ...)
+    is used for the fine-tune, so that the run trains, and logs, what the user asked for; the
+    same setting typed for both schedules is refused. Config files do not count as typed, and a
+    ``fixed`` setting of the caller (a tuning trial's epochs) stays.
+    """
+    from robust_ft.tracking import flatten
+
+    ft = cfg.model.finetune
+    if ft is None:
+        return
+    typed = {k for k, source in user_keys(argv).items() if not source.startswith("--config")}
+    kept = set(flatten(nested(fixed)))
+    pairs = [(f"model.{k}", k) for k in SCHEDULE_KEYS] + [("trainer.max_epochs", "max_epochs")]
+    for main, key in pairs:
+        if main not in typed or f"model.finetune.{key}" in kept:
+            continue
+        if f"model.finetune.{key}" in typed:
+            raise ValueError(
+                f"--{main} and --model.finetune.{key} both given, but a first-N fine-tune trains "
+                f"with one schedule (model.finetune); give only --model.finetune.{key}"
+            )
+        value = cfg.trainer.max_epochs if key == "max_epochs" else cfg.model[key]
+        setattr(ft, key, value)
+    if ft.max_epochs:
+        cfg.trainer.max_epochs = ft.max_epochs
 
 
 def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:

@@ -10,6 +10,9 @@ from typing import Any
 
 from robust_ft.levels import LevelSpec, is_clean_level, level_text
 
+SCHEDULE_KEYS = ("lr", "lr_schedule", "lr_milestones", "lr_gamma", "lr_final")
+"""The settings of a learning-rate schedule (``model.*`` and ``model.finetune.*``)."""
+
 
 def is_finetune(first_n: int | None, n_layers: int, init_from: str | None) -> bool:
     """Whether a run uses the fine-tune schedule (``model.finetune``) instead of the main one.

@@ -62,7 +62,7 @@ from robust_ft.formatting import fmt_time
 from robust_ft.levels import is_clean_level, level_tag, level_text
 from robust_ft.models import input_shape, n_param_layers
 from robust_ft.pipeline import base_config
-from robust_ft.settings import experiment_name, test_grid
+from robust_ft.settings import SCHEDULE_KEYS, experiment_name, test_grid
 from robust_ft.tracking import client as tracking_client
 
 log = logging.getLogger("robust_ft")
@@ -132,9 +132,6 @@ DATASET_SIZES = {
     "fashion_mnist": (60000, 10000),
     "cifar10": (50000, 10000),
 }
-
-
-SCHEDULE_KEYS = ("lr", "lr_schedule", "lr_milestones", "lr_gamma", "lr_final")
 
 
 def _scaled(epochs: int, frac: float) -> int:

@@ -324,6 +324,22 @@ def owner_alive(tags: Mapping[str, str]) -> bool | None:
     return int(pid) == os.getpid() or _alive(int(pid))
 
 
+def adopted_experiment(run_id: str | None, uri: str | None = None) -> str | None:
+    """The experiment of the run a command adopts (``--tracking.run_id``, ``MLFLOW_RUN_ID``)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    mlflow_client = client(uri)
+    try:
+        return mlflow_client.get_experiment(mlflow_client.get_run(run_id).info.experiment_id).name
+    except MlflowException as e:
+        raise TrackingError(
+            f"MLflow run {run_id} does not exist in {redact(uri or default_tracking_uri())}; "
+            "check the id (--tracking.run_id or MLFLOW_RUN_ID) and MLFLOW_TRACKING_URI"
+        ) from e
+
+
 def client(uri: str | None = None):
     """An MlflowClient on ``uri``, by default the store every robust-ft command uses."""
     from mlflow.tracking import MlflowClient
@@ -363,12 +379,15 @@ def find_runs(experiment: str, filter_string: str = "", uri: str | None = None, 
 
 
 def resolve_checkpoint(
-    ref: str, experiment: str, dest: str | Path = "outputs/init", uri: str | None = None
-) -> tuple[Path, str | None]:
+    ref: str, experiment: str, dest: str | Path = "outputs/init", uri: str | None = None,
+    match: Mapping[str, str] | None = None,
+) -> tuple[Path, str | None]:  # fmt: skip
     """A local checkpoint file for ``ref`` and the MLflow run it came from (None for a path).
 
     ``ref``: a file path; an MLflow run id (its ``checkpoints/best.ckpt``); ``runs:/<id>/<path>``;
-    or ``latest`` (newest FINISHED clean pre-train in ``experiment``).
+    or ``latest``: the newest FINISHED clean pre-train in ``experiment`` whose tags equal
+    ``match`` (e.g. the same model and dataset: an experiment such as `mlflow run`'s
+    ``Default`` may hold others).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -377,12 +396,13 @@ def resolve_checkpoint(
     if ref not in ("latest",) and not ref.startswith("runs:/") and Path(ref).exists():
         return Path(ref), None
     if ref == "latest":
-        runs = find_runs(
-            experiment, "tags.method = 'pretrain' and attributes.status = 'FINISHED'", uri
-        )
+        where = "tags.method = 'pretrain' and attributes.status = 'FINISHED'"
+        where += "".join(f" and tags.{k} = '{v}'" for k, v in (match or {}).items())
+        runs = find_runs(experiment, where, uri)
         if not runs:
+            of = " of " + ", ".join(f"{k} {v}" for k, v in match.items()) if match else ""
             raise TrackingError(
-                f"no finished clean pre-train run in experiment {experiment!r} at {redact(uri)}; run "
+                f"no finished clean pre-train{of} in experiment {experiment!r} at {redact(uri)}; run "
                 "`mlflow run . -e pretrain ...` first or pass --model.init_from <run id or .ckpt>"
             )
         run_id, artifact = runs[0].info.run_id, f"{ARTIFACT_CKPT_DIR}/best.ckpt"
@@ -424,16 +444,20 @@ def log_network(run_id: str, net, uri: str | None = None) -> None:
 
     uri = uri or default_tracking_uri()
     example = torch.zeros(2, *net.input_shape).numpy()  # batch >= 2: no specialised batch size
+    before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     outer = mlflow.active_run()
-    if outer is not None and outer.info.run_id == run_id:
-        _log_model(net, example)
-        return
-    mlflow.start_run(run_id=run_id, nested=outer is not None)
     try:
-        _log_model(net, example)
+        if outer is not None and outer.info.run_id == run_id:
+            _log_model(net, example)
+            return
+        mlflow.start_run(run_id=run_id, nested=outer is not None)
+        try:
+            _log_model(net, example)
+        finally:
+            mlflow.end_run(client(uri).get_run(run_id).info.status)
     finally:
-        mlflow.end_run(client(uri).get_run(run_id).info.status)
+        mlflow.set_tracking_uri(before)  # the fluent API's store is the caller's again
 
 
 def _log_model(net, example) -> None:

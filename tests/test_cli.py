@@ -255,3 +255,19 @@ def test_test_table_grid():
         "| defocus |  |  | 4.00 |  |",
     ]
     assert test_table({"val/err": 1.0}) == ""
+
+
+def test_finetune_uses_the_main_schedule_flags_the_user_typed(workdir, pretrained_ckpt):
+    """--trainer.max_epochs / --model.lr typed for a fine-tune are what it trains (and logs)."""
+    base = ["fit", "--config", str(CONF / "lenet5_mnist.yaml"), "--config", str(CONF / "finetune.yaml"),
+            *synthetic_args(), "--model.first_n", "2", "--tracking.log_model", "false",
+            "--data.init_args.distortion.kind", "motion", "--data.init_args.distortion.level", "1"]  # fmt: skip
+    res = run_cli([*base, "--trainer.max_epochs", "2", "--model.lr", "0.02"])
+    client = MlflowClient()
+    run = client.get_run(res.run_id)
+    params = run.data.params
+    assert params["trainer.max_epochs"] == "2" and params["model.finetune.max_epochs"] == "2"
+    assert float(params["model.finetune.lr"]) == 0.02 and run.data.tags["method"] == "first-2"
+    assert len(client.get_metric_history(res.run_id, "val/err")) == 2  # trained 2 epochs, not 15
+    with pytest.raises(ValueError, match="give only --model.finetune.max_epochs"):
+        run_cli([*base, "--trainer.max_epochs", "2", "--model.finetune.max_epochs", "3"])

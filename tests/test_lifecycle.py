@@ -150,9 +150,9 @@ def test_overrides_dotted_or_nested_and_the_users_flags_win(workdir):
     assert user.config.model.lr == 0.01  # the user's flag, not the override
     assert user.config.trainer.max_epochs == 3  # demo.yaml sets it: the user's file wins
     assert user.config.data.init_args.train_subset == 7  # what the user did not set stays
-    assert {"model.lr", "trainer.max_epochs", "model.finetune.lr"} <= user_keys(
-        ["--model.lr=1", "--config", str(CONF / "demo.yaml")]
-    )
+    keys = user_keys(["--config", str(CONF / "demo.yaml"), "--model.lr=1"])
+    assert {"model.lr", "trainer.max_epochs", "model.finetune.lr"} <= set(keys)
+    assert keys["model.lr"] == "--model.lr=1" and keys["trainer.max_epochs"].startswith("--config")
 
 
 def test_run_refuses_an_unknown_command_and_a_bad_key(workdir):

@@ -221,7 +221,7 @@ def test_two_sweep_workers_share_cells_through_postgres(postgres, tmp_path, monk
     plan = sweep.main(["--synthetic", "--synthetic-size", "128,64", "--kinds", "noise",
                        "--levels", "2", "--first-n", "1", "--budget", "demo", "--name", "pg",
                        "--workers", "2", "--storage", storage])  # fmt: skip
-    client = MlflowClient()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs(
         [client.get_experiment_by_name("lenet5-synthetic").experiment_id],
         f"tags.mlflow.parentRunId = '{plan.parent}'",

@@ -77,7 +77,7 @@ def tune(a: argparse.Namespace) -> TuneResult:
         study.set_user_attr("settings", fixed)
     else:
         check_settings(name, stored, fixed)
-    init = study_init(study, a.init_from, setting.experiment)
+    init = study_init(study, a.init_from, setting)
     tags = {"method": "pipeline", "pipeline": "tune", "optuna.study": name,
             "optuna.storage": redact(a.storage)}  # fmt: skip
     params = {
@@ -231,13 +231,14 @@ def check_settings(name: str, stored: dict[str, str], fixed: dict[str, str]) -> 
         )
 
 
-def study_init(study: optuna.Study, ref: str, experiment: str) -> Pretrain:
+def study_init(study: optuna.Study, ref: str, setting: Setting) -> Pretrain:
     """The pre-train of a study: ``latest`` resolves once, when the study starts; a resumed
     study keeps its pre-train."""
     recorded = study.user_attrs.get("init_from")
     if ref == "latest" and recorded:
         ref = recorded
-    path, run = resolve_checkpoint(ref, experiment)
+    match = {"model": setting.arch, "dataset": setting.dataset}
+    path, run = resolve_checkpoint(ref, setting.experiment, match=match)
     key = run or str(Path(path).resolve())
     if recorded is None:
         study.set_user_attr("init_from", key)
