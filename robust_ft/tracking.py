@@ -400,9 +400,9 @@ def resolve_checkpoint(
         where += "".join(f" and tags.{k} = '{v}'" for k, v in (match or {}).items())
         runs = find_runs(experiment, where, uri)
         if not runs:
-            of = " of " + ", ".join(f"{k} {v}" for k, v in match.items()) if match else ""
+            of = " of " + " and ".join(f"{k} {v}" for k, v in match.items()) if match else ""
             raise TrackingError(
-                f"no finished clean pre-train{of} in experiment {experiment!r} at {redact(uri)}; run "
+                f"no finished clean pre-train run{of} in experiment {experiment!r} at {redact(uri)}; run "
                 "`mlflow run . -e pretrain ...` first or pass --model.init_from <run id or .ckpt>"
             )
         run_id, artifact = runs[0].info.run_id, f"{ARTIFACT_CKPT_DIR}/best.ckpt"
