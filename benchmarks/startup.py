@@ -38,7 +38,7 @@ SYNTH = [
 ]  # fmt: skip
 FIT = ["fit", "--config", str(REPO / "conf/lenet5_mnist.yaml"), *SYNTH,
        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
-SWEEP = ["sweep", "--synthetic", "--synthetic-size", "3000,500", "--kinds", "defocus,noise",
+SWEEP = ["sweep", "--synthetic", "--synthetic-size", "20000,1000", "--kinds", "defocus,noise",
          "--levels", "0,2", "--first-n", "1", "--budget", "demo", "--name", "bench"]  # fmt: skip
 
 
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
                     timed([*h, "--help"], code)
                 )
             res[name]["fit_process_s"].append(timed(FIT, code))
+    if a.before:  # the worktree was only for measuring
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes["before"])],
+                       capture_output=True)  # fmt: skip
     for name in codes:
         res[name]["help_s"] = {k: statistics.median(v) for k, v in res[name]["help_s"].items()}
         res[name]["fit_process_s"] = statistics.median(res[name]["fit_process_s"])

@@ -481,14 +481,9 @@ def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
         if trainer.fast_dev_run:
             trainer.test(model, datamodule=dm, verbose=verbose)
-        elif cfg.tracking.test_after_fit:
-            best = cli.checkpoint.best_model_path or cli.checkpoint.last_model_path
-            if best:
-                from robust_ft.checkpoints import load_net_weights
-
-                # the network's weights only: the trainer's state of the best epoch is not needed
-                load_net_weights(model.net, best)
-            trainer.test(model, datamodule=dm, verbose=verbose)
+        elif cfg.tracking.test_after_fit:  # the best checkpoint (the last one without val/err)
+            best = cli.checkpoint.best_model_path or cli.checkpoint.last_model_path or None
+            trainer.test(model, datamodule=dm, ckpt_path=best, weights_only=True, verbose=verbose)
 
 
 def _log_outputs(cli: RobustCLI, trainer) -> None:

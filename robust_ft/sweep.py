@@ -62,7 +62,7 @@ from robust_ft.formatting import fmt_time
 from robust_ft.levels import is_clean_level, level_tag, level_text
 from robust_ft.models import input_shape, n_param_layers
 from robust_ft.pipeline import base_config
-from robust_ft.settings import SCHEDULE_KEYS, experiment_name, test_grid
+from robust_ft.settings import SCHEDULE_KEYS, experiment_name, is_finetune, test_grid
 from robust_ft.tracking import client as tracking_client
 
 log = logging.getLogger("robust_ft")
@@ -305,7 +305,7 @@ def cell_run(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> Ce
     if cell.method in ("pretrain", "retrain"):
         configs.append(configs[0].parent / "retrain.yaml")
     main, ft = schedule(sw.cfg, budget, False), schedule(sw.cfg, budget, True)
-    if cell.first_n == n_layers:  # first-N of every layer: the fine-tune schedule, not re-train
+    if is_finetune(cell.first_n, n_layers, pretrain_run):  # incl. first-N of every layer
         main = ft
     o: dict[str, Any] = {"trainer.max_epochs": main["max_epochs"], "seed_everything": cell.seed}
     o |= schedule_overrides(main, "model")

@@ -154,7 +154,7 @@ def work(sw: Sweep, parent: str, storage_url: str, heartbeat: int) -> None:
 
 
 def run_workers(sw: Sweep, parent: str, storage_url: str, workers: int, heartbeat: int) -> None:
-    """Enqueue the unfinished cells, then run ``workers`` worker processes (1: this one)."""
+    """Enqueue the unfinished cells, then work on them in this process and ``workers - 1`` more."""
     import multiprocessing
 
     from robust_ft.sweep import plan
@@ -163,14 +163,14 @@ def run_workers(sw: Sweep, parent: str, storage_url: str, workers: int, heartbea
     done = set(plan(tracking_client(), sw).done)
     n = enqueue_unfinished(study, sw, done)
     log.info(f"[sweep] {n} cells queued in study {study.study_name!r}; {workers} worker(s) here")
-    if workers == 1:
-        work(sw, parent, storage_url, heartbeat)
-        return
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or locks
-    procs = [ctx.Process(target=work, args=(sw, parent, storage_url, heartbeat)) for _ in range(workers)]  # fmt: skip
+    # This process is one of the workers (its imports are done: it starts the pre-train at once);
+    # the others are fresh interpreters ("spawn": no forked threads or locks).
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=work, args=(sw, parent, storage_url, heartbeat)) for _ in range(workers - 1)]  # fmt: skip
     for p in procs:
         p.start()
     try:
+        work(sw, parent, storage_url, heartbeat)
         for p in procs:
             p.join()
     except BaseException:

@@ -218,9 +218,12 @@ def test_two_sweep_workers_share_cells_through_postgres(postgres, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    plan = sweep.main(["--synthetic", "--synthetic-size", "128,64", "--kinds", "noise",
+    # cells of a few seconds (SlowBatches), so that the second worker gets some
+    plan = sweep.main(["--synthetic", "--synthetic-size", "640,64", "--kinds", "noise",
                        "--levels", "2", "--first-n", "1", "--budget", "demo", "--name", "pg",
-                       "--workers", "2", "--storage", storage])  # fmt: skip
+                       "--workers", "2", "--storage", storage, "--extra",
+                       "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds",
+                       "0.05"])  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs(
         [client.get_experiment_by_name("lenet5-synthetic").experiment_id],

@@ -234,6 +234,9 @@ def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
 
 
 # ----------------------------------------------------------------- workers
+SLOW = ["--extra", "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05"]
+
+
 def _one_finished_run_per_cell(client) -> list:
     runs = _children(client)
     done = [r for r in runs if r.info.status == "FINISHED"]
@@ -246,13 +249,15 @@ def _one_finished_run_per_cell(client) -> list:
 def test_two_local_workers_share_the_cells(workdir):
     import optuna
 
-    plan = sweep.main([*TINY, "--workers", "2", "--storage", f"sqlite:///{workdir / 'q.db'}"])
+    # cells of a few seconds, so that the second worker (a fresh interpreter) gets some
+    plan = sweep.main([*TINY, "--synthetic-size", "640,64", "--workers", "2",
+                       "--storage", f"sqlite:///{workdir / 'q.db'}", *SLOW])  # fmt: skip
     client = MlflowClient()
     runs = _one_finished_run_per_cell(client)
     assert len(runs) == len(TINY_CELLS)  # nothing ran twice
     assert client.get_run(plan.parent).info.status == "FINISHED"
     pids = {r.data.tags["pid"] for r in runs}
-    assert len(pids) == 2 and str(os.getpid()) not in pids  # two worker processes did the work
+    assert len(pids) == 2 and str(os.getpid()) in pids  # this process and one more did the work
     (study,) = optuna.get_all_study_names(f"sqlite:///{workdir / 'q.db'}")
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{workdir / 'q.db'}").trials
     complete = Counter(t.user_attrs["cell"] for t in trials if t.state.name == "COMPLETE")
@@ -269,13 +274,14 @@ def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     }
     cmd = [sys.executable, "-m", "robust_ft", "sweep", *TINY[:-2], "--name", "killed-worker",
            "--workers", "2", "--heartbeat", "2", "--synthetic-size", "640,64",
-           "--extra", "--trainer.callbacks+=_slow.SlowBatches", "--trainer.callbacks.seconds", "0.05"]  # fmt: skip
+           *SLOW]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     client = MlflowClient()
     deadline, victim = time.time() + 600, None
     while victim is None and time.time() < deadline and proc.poll() is None:
         runs = [r for r in _children(client) if r.info.status == "RUNNING"]
-        victim = next((r for r in runs if "val/err" in r.data.metrics), None)
+        other = (r for r in runs if r.data.tags.get("pid") != str(proc.pid))  # not the main one
+        victim = next((r for r in other if "val/err" in r.data.metrics), None)
         time.sleep(0.2)
     assert victim is not None, proc.communicate()[0][-3000:]
     os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # one worker, mid-cell
