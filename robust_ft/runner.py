@@ -1,9 +1,10 @@
 """One tracked run: ``run(command, overrides) -> RunResult``, the layer every face calls.
 
-Settings are LightningCLI's: config files, then the orchestration's ``overrides`` (a nested dict or
-dotted keys), then the user's own command-line flags (``argv``, which win). ``RobustCLI`` parses
-and instantiates the model and data (``run=False``); ``run`` then builds the Trainer inside
-``tracking.tracked_run``, which owns the MLflow run's life, and fits/tests.
+Settings are LightningCLI's: config files, the user's own command-line flags (``argv``), and the
+orchestration's ``overrides`` (a nested dict or dotted keys) for every key the user did not set,
+so what the user types wins; ``fixed`` overrides win over everything (a tuning trial's epochs).
+``RobustCLI`` parses and instantiates the model and data (``run=False``); ``run`` then builds the
+Trainer inside ``tracking.tracked_run``, which owns the MLflow run's life, and fits/tests.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class RunResult:
 
 @dataclass
 class RunArgs:
-    """What ``RobustCLI`` parses, in order: config files, overrides, the user's flags."""
+    """What ``RobustCLI`` parses: config files, the user's flags, the overrides they leave, fixed."""
 
     command: str
     configs: Sequence[str | Path] = ()
@@ -129,15 +130,17 @@ def user_keys(argv: Sequence[str]) -> dict[str, str]:
     return keys
 
 
-def _without(overrides: dict, keys: set[str], prefix: str = "") -> dict:
-    """``overrides`` minus the leaves at or under any of ``keys``."""
+def _without(overrides: dict, keys, prefix: str = "") -> dict:
+    """``overrides`` minus the leaves at or under any of ``keys`` (``data.val_split`` and
+    ``data.init_args.val_split`` name the same setting, as on jsonargparse's command line)."""
+    plain = {k.replace(".init_args", "") for k in keys}
     out = {}
     for k, v in overrides.items():
         key = prefix + k
-        if key in keys:
+        if key.replace(".init_args", "") in plain:
             continue
         if isinstance(v, dict) and v:
-            rest = _without(v, keys, key + ".")
+            rest = _without(v, plain, key + ".")
             if rest:
                 out[k] = rest
         else:
@@ -482,8 +485,14 @@ def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
         if trainer.fast_dev_run:
             trainer.test(model, datamodule=dm, verbose=verbose)
         elif cfg.tracking.test_after_fit:  # the best checkpoint (the last one without val/err)
-            best = cli.checkpoint.best_model_path or cli.checkpoint.last_model_path or None
-            trainer.test(model, datamodule=dm, ckpt_path=best, weights_only=True, verbose=verbose)
+            best = cli.checkpoint.best_model_path or cli.checkpoint.last_model_path
+            if best:
+                from robust_ft.checkpoints import load_net_weights
+
+                # Weights only, not trainer.test(ckpt_path=best): that restores the callbacks'
+                # state of the best epoch too, and ModelCheckpoint would forget last.ckpt.
+                load_net_weights(model.net, best)
+            trainer.test(model, datamodule=dm, verbose=verbose)
 
 
 def _log_outputs(cli: RobustCLI, trainer) -> None:
