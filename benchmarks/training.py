@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robust_ft.console import quiet_third_party
 from robust_ft.data.datamodules import SyntheticDataModule
 from robust_ft.models import build
 from robust_ft.models.classifier import ImageClassifier
-from robust_ft.pipeline import quiet_lightning
 
 SHAPES = {"lenet5": (1, 28, 28), "cifar10_quick": (3, 32, 32)}
 
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", default="benchmarks/results/training.json")
     a = p.parse_args(argv)
-    quiet_lightning()
+    quiet_third_party()
     torch.set_num_threads(a.threads)
     n = 2000 if a.quick else 10000
     rounds = 3 if a.quick else 5

@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     command, rest = argv[0], argv[1:]
+    from robust_ft.console import console_logging, quiet_third_party
+
     console_logging()
+    quiet_third_party()
     if command not in COMMANDS and command not in LIGHTNING_COMMANDS:
         print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
@@ -95,19 +98,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def console_logging() -> None:
-    """robust-ft's own progress lines (logger ``robust_ft``) go to stderr as plain text."""
-    import logging
-
-    log = logging.getLogger("robust_ft")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def _exit_interrupted() -> None:

@@ -28,17 +28,6 @@ def base_config(model: str, dataset: str) -> Path:
     return path
 
 
-def quiet_lightning() -> None:
-    """Keep a pipeline's output to its own progress lines: no per-run Lightning banners."""
-    import logging
-    import warnings
-
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-
-
 def demo_main(argv: list[str] | None = None) -> dict:
     """Run the demo pipeline and print the error table."""
     p = argparse.ArgumentParser(prog="robust-ft demo", description=__doc__)
@@ -61,6 +50,7 @@ def demo_main(argv: list[str] | None = None) -> dict:
 
 def demo(a: argparse.Namespace) -> dict:
     """The demo's runs, nested under one parent run; returns each step's ``RunResult``."""
+    from robust_ft.console import quiet_third_party
     from robust_ft.settings import experiment_name
     from robust_ft.tracking import (
         check_reachable,
@@ -70,7 +60,7 @@ def demo(a: argparse.Namespace) -> dict:
         ui_command,
     )
 
-    quiet_lightning()
+    quiet_third_party()
     uri = default_tracking_uri()
     check_reachable(uri)
     start = time.time()

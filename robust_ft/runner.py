@@ -20,6 +20,7 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from robust_ft import console
 from robust_ft.callbacks.tracking import LogConfig, MarkResumed, RunLogger, SaveOnInterrupt
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.models.classifier import ImageClassifier
@@ -169,6 +170,8 @@ class RobustCLI(LightningCLI):
             save_config_kwargs={"save_to_log_dir": False},
             seed_everything_default=0,
             auto_configure_optimizers=False,
+            # robust-ft prints a line per epoch instead (ROBUST_FT_VERBOSE=1: Lightning's bar)
+            trainer_defaults={} if console.verbose() else {"enable_progress_bar": False},
             parser_kwargs={"default_env": False, "prog": f"robust-ft {spec.command}"},
             args=spec,
             run=False,
@@ -231,7 +234,7 @@ class RobustCLI(LightningCLI):
         """A digest of the resolved config minus tracking options: "the same command"."""
         import yaml
 
-        d = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_validation=True))
+        d = yaml.safe_load(self.parser.dump(self.config, skip_unset=False, skip_validation=True))
         for key in ("tracking", "ckpt_path", "config"):
             d.pop(key, None)
         d["subcommand"] = self.command
@@ -277,6 +280,7 @@ class RobustCLI(LightningCLI):
         """The Trainer, logging into ``run_id``, with robust-ft's callbacks and ``callbacks``."""
         from robust_ft.callbacks.confusion import ConfusionMatrixCallback
         from robust_ft.callbacks.grad_stats import GradientVarianceCallback
+        from robust_ft.callbacks.progress import EpochProgress
         from robust_ft.tracking import default_tracking_uri
 
         cfg = self.config
@@ -301,7 +305,7 @@ class RobustCLI(LightningCLI):
                 save_last=True,
             )
             ours += [self.checkpoint, SaveOnInterrupt(self.checkpoint.dirpath)]
-        ours += [GradientVarianceCallback(), ConfusionMatrixCallback()]
+        ours += [GradientVarianceCallback(), ConfusionMatrixCallback(), EpochProgress()]
         configured = list(self.config_init.get("trainer", {}).get("callbacks") or [])
         self.trainer = self.instantiate_trainer(
             callbacks=configured + ours + list(callbacks), logger=self.run_logger
@@ -443,6 +447,7 @@ def run(
     """
     from robust_ft.tracking import tracked_run
 
+    console.quiet_loggers()  # Lightning is imported now
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}))
@@ -474,7 +479,7 @@ def run(
 def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
     """The command itself: fit (then test the best checkpoint), validate or test."""
     model, dm, cfg = cli.model, cli.datamodule, cli.config
-    verbose = not summary
+    verbose = console.verbose() and not summary  # Lightning's table per test set
     if cli.command == "validate":
         trainer.validate(model, datamodule=dm, verbose=verbose)
     elif cli.command == "test":

@@ -55,11 +55,20 @@ def redact(url: str) -> str:
 
 
 def ui_command(uri: str | None = None) -> str:
-    """The one command that opens the MLflow UI on a store."""
+    """The one command that opens the MLflow UI on a store, runnable from any directory.
+
+    A store URI with a password is referred to as ``"$MLFLOW_TRACKING_URI"``, never printed.
+    """
+    import shutil
+    import sys
+
     uri = uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         return f"open {redact(uri)} in a browser"
-    return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+    beside = Path(sys.executable).parent / "mlflow"  # this environment's, wherever the user is
+    mlflow = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
+    store = '"$MLFLOW_TRACKING_URI"' if redact(uri) != uri else uri
+    return f"{mlflow} ui --backend-store-uri {store} --port 5000"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

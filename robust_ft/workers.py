@@ -135,11 +135,10 @@ def requeue_dead(study: optuna.Study) -> None:
 
 def work(sw: Sweep, parent: str, storage_url: str, heartbeat: int) -> None:
     """One worker: claim and run cells until none is waiting or running anywhere."""
-    from robust_ft.cli import console_logging
-    from robust_ft.pipeline import quiet_lightning
+    from robust_ft.console import console_logging, quiet_third_party
 
     console_logging()
-    quiet_lightning()
+    quiet_third_party()
     study = open_queue(sw, storage_url, heartbeat)
     objective = CellObjective(sw, parent)
     while True:

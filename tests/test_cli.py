@@ -271,3 +271,27 @@ def test_finetune_uses_the_main_schedule_flags_the_user_typed(workdir, pretraine
     assert len(client.get_metric_history(res.run_id, "val/err")) == 2  # trained 2 epochs, not 15
     with pytest.raises(ValueError, match="give only --model.finetune.max_epochs"):
         run_cli([*base, "--trainer.max_epochs", "2", "--model.finetune.max_epochs", "3"])
+
+
+OWN_LINE = r"^(epoch \d+/\d+  .*|resuming MLflow run .*|)$"
+
+
+def test_console_shows_only_robust_fts_lines(workdir):
+    """No third-party warning, tip, banner or progress bar; ROBUST_FT_VERBOSE=1 shows them."""
+    import re
+
+    cmd = [sys.executable, "-m", "robust_ft", "fit", "--config", str(CONF / "lenet5_mnist.yaml"),
+           *synthetic_args(n_train=128, n_test=64), "--trainer.max_epochs", "2",
+           "--data.init_args.distortion.kind", "defocus", "--data.init_args.distortion.level", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ROBUST_FT_VERBOSE", None)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    foreign = [ln for ln in r.stderr.splitlines() if not re.match(OWN_LINE, ln)]
+    assert foreign == [], foreign
+    assert len(re.findall(r"^epoch \d/2  train/loss", r.stderr, re.M)) == 2
+    assert r.stdout.startswith("\nTest error (%), lenet5 on synthetic:\n| test set |")
+    assert "--backend-store-uri sqlite:///" in r.stdout and "Epoch 0" not in r.stdout
+    loud = subprocess.run(cmd, env={**env, "ROBUST_FT_VERBOSE": "1"}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert loud.returncode == 0 and "GPU available" in loud.stderr

@@ -24,7 +24,7 @@ class LogConfig(SaveConfigCallback):
         logger = trainer.logger
         if not isinstance(logger, RunLogger):
             return
-        text = self.parser.dump(self.config, skip_none=False)
+        text = self.parser.dump(self.config, skip_unset=False)
         cfg = yaml.safe_load(text)
         cfg.pop("config", None)
         params = {k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.")}
