@@ -240,7 +240,7 @@ def test_ddp_trials_prune_on_every_rank(workdir, synth, pretrain):
     env.pop("MLFLOW_RUN_ID", None)
     r = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "2 devices per trial: trainer.strategy=ddp_spawn" in r.stdout
+    assert "2 devices per trial: trainer.strategy=ddp_spawn" in r.stderr  # a progress line
 
     (summary,) = optuna.get_all_study_summaries("sqlite:///optuna.db")
     study = optuna.load_study(study_name=summary.study_name, storage="sqlite:///optuna.db")

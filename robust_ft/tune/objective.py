@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ MONITOR = "val/err"
 FATAL_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 # MLflow run status of a trial's child run per Optuna state (MLflow has no PRUNED status).
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+log = logging.getLogger("robust_ft")
 
 
 @dataclass
@@ -176,4 +179,4 @@ class WorkerCallback:
         try:
             log_summary(self.objective.parent_run, study)
         except Exception as e:  # noqa: BLE001 - a tracking hiccup must not stop the study
-            print(f"[tune] could not update the parent run: {e}", flush=True)
+            log.info(f"[tune] could not update the parent run: {e}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ PARAM_KEYS = {
     "weight_decay": "model.weight_decay",
     "first_n": "model.first_n",
 }
+
+log = logging.getLogger("robust_ft")
 
 
 @dataclass
@@ -99,10 +102,9 @@ def build_space(
         if min(setting.milestones) < trial_epochs:
             gamma = (a.gamma_min, a.gamma_max)
         else:
-            print(
+            log.info(
                 f"[tune] lr_gamma not searched: trials stop ({trial_epochs} epochs) before the "
-                f"first milestone {min(setting.milestones)}",
-                flush=True,
+                f"first milestone {min(setting.milestones)}"
             )
     wd = (a.wd_min, a.wd_max) if a.search_weight_decay else None
     return SearchSpace(lr, gamma, wd, first_ns or None)

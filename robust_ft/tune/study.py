@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +33,8 @@ from robust_ft.tune.space import (
 )
 from robust_ft.tune.storage import make_pruner, make_storage, open_study, wait_attr
 from robust_ft.tune.tracking import best_trial, log_plots, log_summary, study_parent
+
+log = logging.getLogger("robust_ft")
 
 
 @dataclass
@@ -94,8 +97,7 @@ def tune(a: argparse.Namespace) -> TuneResult:
             study.enqueue_trial(parse_params(text), skip_if_exists=True)
         strategy = {"trainer.strategy": spawn} if spawn else {}
         if spawn:
-            print(f"[tune] {n_devices(setting)} devices per trial: trainer.strategy={spawn}",
-                  flush=True)  # fmt: skip
+            log.info(f"[tune] {n_devices(setting)} devices per trial: trainer.strategy={spawn}")
         result = work(a, study, parent, runs, setting, space, init, strategy)
     print_result(result, uri)
     return result
@@ -119,10 +121,9 @@ def work(
         runs, space, str(init.path), init.run, parent.run_id, experiment_id, name, trial_fixed
     )
     n_trials, callbacks = budget(a, study, [WorkerCallback(objective, a.max_failures)])
-    print(
+    log.info(
         f"[tune] study {name!r} in {redact(a.storage)}: {len(study.trials)} trials so far; "
-        f"space {space.describe()}; MLflow parent run {parent.run_id}",
-        flush=True,
+        f"space {space.describe()}; MLflow parent run {parent.run_id}"
     )
     if n_trials != 0:
         study.optimize(
@@ -181,7 +182,7 @@ def finetune_best(
         "tracking.tags": tags,
     }
     overrides = {**runs.overrides, **{f"data.init_args.{k}": v for k, v in grid.items()}}
-    print(f"[tune] fine-tune with the best parameters {best.params} at the full budget", flush=True)
+    log.info(f"[tune] fine-tune with the best parameters {best.params} at the full budget")
     res = runner.run("fit", overrides, configs=runs.configs, argv=runs.extra, fixed=fixed)
     return res.run_id
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -29,6 +30,8 @@ from robust_ft.tune.storage import wait_attr
 
 PARENT_ATTR = "mlflow_parent_run_id"
 """the study's user attribute that names its parent run"""
+
+log = logging.getLogger("robust_ft")
 
 
 @contextlib.contextmanager
@@ -139,7 +142,7 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
             plt.close(fig)
             written.append(out / f"{name}.png")
         except Exception as e:  # noqa: BLE001 - a plot never fails a study (e.g. 1 trial)
-            print(f"[tune] plot {name} skipped: {e}", flush=True)
+            log.info(f"[tune] plot {name} skipped: {e}")
         try:
             import optuna.visualization as pvis
 
@@ -152,7 +155,7 @@ def save_plots(study: optuna.Study, out: Path) -> list[Path]:
         study.trials_dataframe().to_csv(out / "trials.csv", index=False)
         written.append(out / "trials.csv")
     except Exception as e:  # noqa: BLE001
-        print(f"[tune] trials.csv skipped: {e}", flush=True)
+        log.info(f"[tune] trials.csv skipped: {e}")
     return written
 
 
