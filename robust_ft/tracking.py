@@ -289,29 +289,29 @@ def _create_experiment(mlflow_client, name: str) -> str:
 
 def _check_owner(mlflow_client, run_id: str):
     """The run to adopt; refused when it is RUNNING and a live process on this host writes it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow_client.get_run(run_id)
-    except MlflowException as e:
-        raise TrackingError(
-            f"MLflow run {run_id} does not exist in {redact(default_tracking_uri())}; check the "
-            "id (--tracking.run_id or MLFLOW_RUN_ID) and MLFLOW_TRACKING_URI"
-        ) from e
-    tags = run.data.tags
-    pid = tags.get("pid", "")
-    if (
-        run.info.status == "RUNNING"
-        and tags.get("host") == socket.gethostname()
-        and pid.isdigit()
-        and int(pid) != os.getpid()
-        and _alive(int(pid))
-    ):
+    run = existing_run(run_id, mlflow_client)
+    pid = run.data.tags.get("pid", "")
+    if run.info.status == "RUNNING" and pid != str(os.getpid()) and owner_alive(run.data.tags):
         raise TrackingError(
             f"MLflow run {run_id} is being written by process {pid} on this host; wait for it to "
             "end or stop it, then run the command again"
         )
     return run
+
+
+def existing_run(run_id: str, mlflow_client=None, missing: str | None = None):
+    """The MLflow run ``run_id``, or a TrackingError that says what to check (``missing``)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = mlflow_client or client()
+    try:
+        return mlflow_client.get_run(run_id)
+    except MlflowException as e:
+        store = redact(mlflow_client.tracking_uri)
+        hint = (
+            missing or "check the id (--tracking.run_id or MLFLOW_RUN_ID) and MLFLOW_TRACKING_URI"
+        )
+        raise TrackingError(f"MLflow run {run_id} does not exist in {store}; {hint}") from e
 
 
 def process_tags() -> dict[str, str]:
@@ -343,18 +343,10 @@ def owner_alive(tags: Mapping[str, str]) -> bool | None:
 
 def adopted_experiment(run_id: str | None, uri: str | None = None) -> str | None:
     """The experiment of the run a command adopts (``--tracking.run_id``, ``MLFLOW_RUN_ID``)."""
-    from mlflow.exceptions import MlflowException
-
     if not run_id:
         return None
     mlflow_client = client(uri)
-    try:
-        return mlflow_client.get_experiment(mlflow_client.get_run(run_id).info.experiment_id).name
-    except MlflowException as e:
-        raise TrackingError(
-            f"MLflow run {run_id} does not exist in {redact(uri or default_tracking_uri())}; "
-            "check the id (--tracking.run_id or MLFLOW_RUN_ID) and MLFLOW_TRACKING_URI"
-        ) from e
+    return mlflow_client.get_experiment(existing_run(run_id, mlflow_client).info.experiment_id).name
 
 
 def client(uri: str | None = None):
@@ -366,13 +358,11 @@ def client(uri: str | None = None):
 
 def reap_dead_runs(experiment: str, uri: str | None = None) -> list[str]:
     """Mark FAILED the RUNNING runs of this host whose process is gone (e.g. SIGKILLed)."""
-    host = socket.gethostname()
     mlflow_client = client(uri)
     reaped = []
     for run in find_runs(experiment, "attributes.status = 'RUNNING'", uri):
-        tags = run.data.tags
-        pid = tags.get("pid", "")
-        if tags.get("host") == host and pid.isdigit() and not _alive(int(pid)):
+        if owner_alive(run.data.tags) is False:
+            pid = run.data.tags["pid"]
             mlflow_client.set_tag(
                 run.info.run_id, "error", f"process {pid} died without ending the run"
             )
@@ -434,12 +424,7 @@ def resolve_checkpoint(
             f"checkpoint reference {ref!r} is neither an existing file, an MLflow run id, "
             "runs:/<run_id>/<path>, nor 'latest'"
         )
-    try:
-        client(uri).get_run(run_id)
-    except MlflowException as e:
-        raise TrackingError(
-            f"MLflow run {run_id} does not exist in {redact(uri)}: check the id"
-        ) from e
+    existing_run(run_id, client(uri), missing="check the id of --model.init_from")
     out = Path(dest) / run_id
     out.mkdir(parents=True, exist_ok=True)
     try:

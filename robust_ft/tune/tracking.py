@@ -19,10 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from robust_ft.tracking import (
     TrackedRun,
-    TrackingError,
     default_tracking_uri,
+    existing_run,
     reap_dead_runs,
-    redact,
     tracked_run,
 )
 from robust_ft.tracking import client as tracking_client
@@ -55,7 +54,8 @@ def study_parent(
             yield run
         return
     client = tracking_client()
-    run = _existing_parent(client, name, parent)
+    hint = f"study {name!r} logs to it: point MLFLOW_TRACKING_URI at the study's store"
+    run = existing_run(parent, client, missing=hint)
     own = os.environ.get("MLFLOW_RUN_ID")
     if own and own != parent:  # this worker's own `mlflow run`: link it to the study
         client.set_tag(own, "optuna.study", name)
@@ -68,20 +68,6 @@ def study_parent(
         return
     with tracked_run(exp, run_id=parent) as owned:
         yield owned
-
-
-def _existing_parent(client, name: str, parent: str):
-    """The study's parent run, or a TrackingError that says which store to point at."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(parent)
-    except MlflowException as e:
-        raise TrackingError(
-            f"study {name!r} logs to MLflow run {parent}, which is not in "
-            f"{redact(default_tracking_uri())}; "
-            "point MLFLOW_TRACKING_URI at the study's store"
-        ) from e
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
