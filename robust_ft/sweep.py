@@ -578,20 +578,27 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
 
 def _run_cells(sw: Sweep, p: Plan, parent: str) -> None:
     """The cells one after another in this process (they share its imports)."""
-    from robust_ft.runner import run
-
     pretrain = {c.seed: p.done[c.key] for c in sw.cells() if c.method == "pretrain" and c.key in p.done}  # fmt: skip
     for i, cell in enumerate(p.todo, 1):
-        t0 = time.time()
-        spec = cell_run(sw, cell, parent, pretrain.get(cell.seed))
-        res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
+        res = run_cell(sw, cell, parent, pretrain.get(cell.seed), f"{i}/{len(p.todo)}")
         p.done[cell.key] = res.run_id
         if cell.method == "pretrain":
             pretrain[cell.seed] = res.run_id
-        errs = ", ".join(
-            f"{k.removeprefix('test/err/')} {v:.2f}" for k, v in sorted(res.test_errors.items())
-        )
-        log.info(f"[sweep] {i}/{len(p.todo)} {cell.key} in {time.time() - t0:.0f} s: {errs}")
+
+
+def run_cell(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None, where: str = ""):
+    """Run one cell (``runner.run``) and log a line with its time and test errors."""
+    from robust_ft.runner import run
+
+    t0 = time.time()
+    spec = cell_run(sw, cell, parent, pretrain_run)
+    res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
+    errs = ", ".join(
+        f"{k.removeprefix('test/err/')} {v:.2f}" for k, v in sorted(res.test_errors.items())
+    )
+    where = f"{where} " if where else ""
+    log.info(f"[sweep] {where}{cell.key} in {time.time() - t0:.0f} s: {errs}")
+    return res
 
 
 def ui_link(fragment: str) -> str:

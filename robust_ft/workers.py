@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from robust_ft.sweep import Cell, Sweep, cell_run
+from robust_ft.sweep import Cell, Sweep, run_cell
 from robust_ft.tracking import client as tracking_client
 
 log = logging.getLogger("robust_ft")
@@ -70,8 +70,6 @@ class CellObjective:
     parent: str
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from robust_ft.runner import run
-
         key = trial.user_attrs.get("cell")
         if key is None:  # the queue emptied between the look and the claim
             trial.set_user_attr("idle", True)
@@ -81,12 +79,8 @@ class CellObjective:
             raise optuna.TrialPruned(f"cell {key} is run by another trial")
         cell = next(c for c in self.sw.cells() if c.key == key)
         pretrain = self._pretrain_run(trial, cell)
-        spec = cell_run(self.sw, cell, self.parent, pretrain)
-        t0 = time.time()
-        res = run(spec.command, spec.overrides, configs=spec.configs, argv=spec.argv)
+        res = run_cell(self.sw, cell, self.parent, pretrain, f"trial {trial.number}:")
         trial.set_user_attr("run_id", res.run_id)
-        errs = ", ".join(f"{k.removeprefix('test/err/')} {v:.2f}" for k, v in sorted(res.test_errors.items()))  # fmt: skip
-        log.info(f"[sweep] {key} in {time.time() - t0:.0f} s (trial {trial.number}): {errs}")
         return 0.0
 
     def _claimed_elsewhere(self, trial: optuna.Trial, key: str) -> bool:
