@@ -50,7 +50,6 @@ def demo_main(argv: list[str] | None = None) -> dict:
 
 def demo(a: argparse.Namespace) -> dict:
     """The demo's runs, nested under one parent run; returns each step's ``RunResult``."""
-    from robust_ft.console import quiet_third_party
     from robust_ft.settings import experiment_name
     from robust_ft.tracking import (
         check_reachable,
@@ -60,7 +59,6 @@ def demo(a: argparse.Namespace) -> dict:
         ui_command,
     )
 
-    quiet_third_party()
     uri = default_tracking_uri()
     check_reachable(uri)
     start = time.time()

@@ -131,17 +131,27 @@ def user_keys(argv: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def same_setting(key: str) -> str:
+    """``data.init_args.val_split`` and ``data.val_split`` name one setting (as on the command
+    line): the key without ``init_args``."""
+    return ".".join(p for p in key.split(".") if p != "init_args")
+
+
+def covers(set_key: str, key: str) -> bool:
+    """Whether setting ``set_key`` sets ``key``: the same setting, or a dict of them holding it."""
+    a, b = same_setting(set_key), same_setting(key)
+    return bool(a) and (b == a or b.startswith(a + "."))
+
+
 def _without(overrides: dict, keys, prefix: str = "") -> dict:
-    """``overrides`` minus the leaves at or under any of ``keys`` (``data.val_split`` and
-    ``data.init_args.val_split`` name the same setting, as on jsonargparse's command line)."""
-    plain = {k.replace(".init_args", "") for k in keys}
+    """``overrides`` minus the leaves the user's ``keys`` set."""
     out = {}
     for k, v in overrides.items():
         key = prefix + k
-        if key.replace(".init_args", "") in plain:
+        if any(covers(u, key) for u in keys):
             continue
         if isinstance(v, dict) and v:
-            rest = _without(v, plain, key + ".")
+            rest = _without(v, keys, key + ".")
             if rest:
                 out[k] = rest
         else:
@@ -193,7 +203,8 @@ class RobustCLI(LightningCLI):
         argv = list(args.argv or [])
         files = [f"--config={path}" for path in args.configs]  # jsonargparse's own file action
         cfg = parser.parse_args(files + argv)
-        overrides = _without(nested(args.overrides), user_keys(argv))  # the user's flags win
+        self.user_keys = user_keys(argv)  # read once: the overrides and the fine-tune need them
+        overrides = _without(nested(args.overrides), self.user_keys)  # the user's flags win
         overrides = _merge(overrides, nested(args.fixed))  # except over fixed settings
         if overrides:
             cfg = parser.parse_object(overrides, namespace=cfg)
@@ -223,7 +234,7 @@ class RobustCLI(LightningCLI):
             path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name(), match=match)
             cfg.model.init_from = str(path)
         if self.command == "fit" and is_finetune(cfg.model.first_n, self.n_layers(), ref):
-            finetune_schedule(cfg, self.spec.argv or [], self.spec.fixed)
+            finetune_schedule(cfg, self.user_keys, self.spec.fixed)
 
     def n_layers(self) -> int:
         from robust_ft.models import n_param_layers
@@ -313,7 +324,9 @@ class RobustCLI(LightningCLI):
         return self.trainer
 
 
-def finetune_schedule(cfg, argv: Sequence[str], fixed: Mapping[str, Any] | None = None) -> None:
+def finetune_schedule(
+    cfg, typed_keys: Mapping[str, str], fixed: Mapping[str, Any] | None = None
+) -> None:
     """A fine-tune trains with ``model.finetune``: put it in force, with what the user typed.
 
     A flag of the main schedule the user typed (``--model.lr``, ``--trainer.max_epochs``, ...)
@@ -326,7 +339,7 @@ def finetune_schedule(cfg, argv: Sequence[str], fixed: Mapping[str, Any] | None 
     ft = cfg.model.finetune
     if ft is None:
         return
-    typed = {k for k, source in user_keys(argv).items() if not source.startswith("--config")}
+    typed = {k for k, source in typed_keys.items() if not source.startswith("--config")}
     kept = set(flatten(nested(fixed)))
     pairs = [(f"model.{k}", k) for k in SCHEDULE_KEYS] + [("trainer.max_epochs", "max_epochs")]
     for main, key in pairs:

@@ -28,25 +28,14 @@ TUNE_OPTIONS = {
 }
 
 
-def _norm(key: str) -> str:
-    """``data.init_args.val_split`` and ``data.val_split`` name the same setting."""
-    return ".".join(p for p in key.split(".") if p != "init_args")
-
-
-def _covers(flag_key: str, key: str) -> bool:
-    """Whether a flag of ``flag_key`` sets ``key`` (itself, or a dict of settings holding it)."""
-    f, k = _norm(flag_key), _norm(key)
-    return bool(f) and (k == f or k.startswith(f + "."))
-
-
 def check_extra(extra: list[str], searched: list[str]) -> None:
     """Refuse a user flag that would undo the study: a searched parameter, the pre-train, a run id."""
-    from robust_ft.runner import user_keys
+    from robust_ft.runner import covers, user_keys
 
     refused = {PARAM_KEYS[p]: SEARCH_OPTIONS[p] for p in searched}
     for key, source in user_keys(extra).items():
         for target in (*refused, *TUNE_OPTIONS):
-            if not _covers(key, target):
+            if not covers(key, target):
                 continue
             if target in refused:
                 what, option = "which the study searches", refused[target]
