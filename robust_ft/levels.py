@@ -1,7 +1,9 @@
 """Distortion levels: parsing and the two ways they are written (one function each).
 
-``level_text``: ``2``, ``2.5``, ``U(0,4)`` -- tags, run names, CLI values.
-``level_tag``: ``L2``, ``L2.5``, ``LU0-4`` -- metric keys and cell keys.
+``level_tag``: ``L2``, ``L2.5``, ``LU0-4`` -- what robust-ft writes: the ``level`` tag, run
+names, metric keys and cell keys (one format, so a tag filter and a metric name agree).
+``level_text``: ``2``, ``2.5``, ``U(0,4)`` -- config values and the console.
+``parse_level`` reads both.
 Pure Python, so commands that only format levels start fast.
 """
 
@@ -16,7 +18,8 @@ Level = float | tuple[float, float]
 LevelSpec = float | tuple[float, float] | list[float] | str
 
 _RANGE = re.compile(r"^\s*U\s*\(\s*([^,()]+?)\s*,\s*([^,()]+?)\s*\)\s*$", re.IGNORECASE)
-_LEVEL_FORMS = "a number >= 0 (2, 2.5, '2') or a range (0, 4), [0, 4], 'U(0,4)'"
+_TAG = re.compile(r"^L(?:U([0-9.]+)-([0-9.]+)|([0-9.]+))$")  # level_tag's form: L2, LU0-4
+_LEVEL_FORMS = "a number >= 0 (2, 2.5, '2', 'L2') or a range (0, 4), [0, 4], 'U(0,4)', 'LU0-4'"
 
 
 def check_level(value: Any, what: str = "level") -> float:
@@ -40,8 +43,13 @@ def _to_number(text: str) -> float:
 def parse_level(value: LevelSpec) -> Level:
     """A level as a float, or a (low, high) range; accepts 2, '2.5', (0, 4), [0, 4], 'U(0,4)'."""
     if isinstance(value, str):
-        match = _RANGE.match(value)
-        value = (_to_number(match[1]), _to_number(match[2])) if match else _to_number(value)
+        match, tag = _RANGE.match(value), _TAG.match(value.strip())
+        if tag:
+            value = (_to_number(tag[1]), _to_number(tag[2])) if tag[1] else _to_number(tag[3])
+        elif match:
+            value = (_to_number(match[1]), _to_number(match[2]))
+        else:
+            value = _to_number(value)
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(
@@ -70,7 +78,7 @@ def level_tag(level: LevelSpec) -> str:
 
 
 def level_text(level: LevelSpec) -> str:
-    """Canonical text of a level: ``2``, ``2.5``, ``U(0,4)`` (tags, run names, CLI values)."""
+    """Canonical text of a level: ``2``, ``2.5``, ``U(0,4)`` (config values, the console)."""
     lv = parse_level(level)
     return f"U({lv[0]:g},{lv[1]:g})" if isinstance(lv, tuple) else f"{lv:g}"
 

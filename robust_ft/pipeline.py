@@ -56,8 +56,9 @@ def demo(a: argparse.Namespace) -> dict:
         default_tracking_uri,
         redact,
         tracked_run,
-        ui_command,
     )
+    from robust_ft.tracking import client as tracking_client
+    from robust_ft.ui import open_hint, view_fragment
 
     uri = default_tracking_uri()
     check_reachable(uri)
@@ -71,7 +72,8 @@ def demo(a: argparse.Namespace) -> dict:
         steps = demo_steps(a, parent)
     print(format_tables(a, steps))
     print(f"\n[demo] done in {time.time() - start:.0f} s. MLflow store: {redact(uri)}")
-    print(f"[demo] open the UI: {ui_command(uri)}")
+    exp_id = tracking_client().get_run(parent.run_id).info.experiment_id
+    print(f"[demo] the runs in the UI: {open_hint(uri, view_fragment(exp_id))}")
     return steps
 
 
@@ -96,7 +98,11 @@ def demo_steps(a: argparse.Namespace, parent) -> dict:
     log.info(f"[demo] pre-train {a.model} on clean {a.dataset}")
     steps["pretrain"] = pre = step("fit", {"data.init_args.test_kinds": ["clean"]})
     log.info(f"[demo] no-train: the clean model on {kinds} x levels {a.levels}")
-    grid = {"test_kinds": kinds, "test_levels": [level_text(x) for x in a.levels.split(",") if x]}
+    # clean too: the no-train run is the clean model's whole record (its clean column included)
+    grid = {
+        "test_kinds": ["clean", *kinds],
+        "test_levels": [level_text(x) for x in a.levels.split(",") if x],
+    }
     steps["notrain"] = step(
         "test",
         {"model.init_from": pre.run_id, **{f"data.init_args.{k}": v for k, v in grid.items()}},
@@ -120,7 +126,7 @@ def format_tables(a, steps: dict) -> str:
     from robust_ft.formatting import fmt_error
     from robust_ft.levels import level_tag
 
-    pre, notrain = steps["pretrain"], steps["notrain"]
+    notrain = steps["notrain"]
     levels = [x for x in a.levels.split(",") if x]
     out = [f"\nTest error (%) of the clean model (no-train), {a.model} on {a.dataset}:"]
     out.append("| kind | " + " | ".join(f"L{x}" for x in levels) + " |")
@@ -132,7 +138,7 @@ def format_tables(a, steps: dict) -> str:
     out.append(f"\nTest error (%) per method, trained on {tag}:")
     out.append(f"| method | clean | {tag} |")
     out.append("|---|---|---|")
-    out.append(f"| no-train | {fmt_error(pre.metrics.get('test/err/clean/L0'))} | "
+    out.append(f"| no-train | {fmt_error(notrain.metrics.get('test/err/clean/L0'))} | "
                f"{fmt_error(notrain.metrics.get(f'test/err/{tag}'))} |")  # fmt: skip
     for name, r in steps.items():
         if name in ("pretrain", "notrain"):

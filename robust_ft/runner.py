@@ -24,7 +24,13 @@ from robust_ft import console
 from robust_ft.callbacks.tracking import LogConfig, MarkResumed, RunLogger, SaveOnInterrupt
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.models.classifier import ImageClassifier
-from robust_ft.settings import SCHEDULE_KEYS, experiment_name, is_finetune, method_name
+from robust_ft.settings import (
+    SCHEDULE_KEYS,
+    experiment_name,
+    first_n_tag,
+    is_finetune,
+    method_name,
+)
 
 log = logging.getLogger("robust_ft")
 COMMANDS = ("fit", "validate", "test")
@@ -384,8 +390,11 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
 
 
 def run_tags(cli: RobustCLI) -> dict[str, str]:
-    """The run's name-giving tags: method, distortion, level, first_n, model, dataset, seed."""
-    from robust_ft.levels import level_text
+    """The run's name-giving tags: method, distortion, level, first_n, model, dataset, seed.
+
+    ``level`` is written as in metric keys (``L2``, ``LU0-4``); ``first_n`` as ``first_n_tag``.
+    """
+    from robust_ft.levels import level_tag
 
     cfg, dm, model = cli.config, cli.datamodule, cli.model
     tr = cfg.tracking
@@ -396,12 +405,11 @@ def run_tags(cli: RobustCLI) -> dict[str, str]:
         )
     else:
         method = tr.method or "notrain"
-    first_n = cfg.model.first_n if cfg.model.first_n is not None else model.n_layers
     tags = {
         "method": method,
         "distortion": dm.kind or "clean",
-        "level": level_text(dm.distortion.level) if dm.kind else "0",
-        "first_n": str(0 if method == "notrain" else first_n),
+        "level": level_tag(dm.distortion.level) if dm.kind else "L0",
+        "first_n": first_n_tag(method),
         "model": cfg.model.arch,
         "dataset": dm.dataset_name,
         "seed": str(cfg.seed_everything),
@@ -465,8 +473,7 @@ def run(
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}))
     tr, tags = cli.config.tracking, run_tags(cli)
-    lv = tags["level"]
-    name = tr.run_name or f"{tags['method']}-{tags['distortion']}-L{lv}"
+    name = tr.run_name or f"{tags['method']}-{tags['distortion']}-{tags['level']}"
     with tracked_run(
         cli.experiment_name(),
         run_name=name,
@@ -524,12 +531,18 @@ def _log_outputs(cli: RobustCLI, trainer) -> None:
                 cli.run_logger.log_artifact(path, "checkpoints")
     if tr.log_model and not trainer.fast_dev_run:
         log_network(cli.run_logger.run_id, cli.model.net)
+    errors = [k for k in trainer.callback_metrics if k.startswith("test/err/")]
+    if errors:  # the experiment's saved UI view gains this run's error columns
+        from robust_ft.ui import add_to_view
+
+        add_to_view(cli.run_logger.experiment, cli.run_logger.experiment_id, errors)
 
 
 def _print_summary(cli: RobustCLI, metrics: dict[str, float], run_id: str | None) -> None:
     """The test errors as a kind x level table, and the run they are in."""
     from robust_ft.formatting import test_table
-    from robust_ft.tracking import default_tracking_uri, redact, ui_command
+    from robust_ft.tracking import default_tracking_uri, redact
+    from robust_ft.ui import open_hint, view_fragment
 
     table = test_table(metrics)
     if not table:
@@ -538,4 +551,7 @@ def _print_summary(cli: RobustCLI, metrics: dict[str, float], run_id: str | None
     print(table)
     if run_id:
         uri = default_tracking_uri()
-        print(f"MLflow run {run_id} in {redact(uri)}; open the UI: {ui_command(uri)}")
+        page = view_fragment(cli.run_logger.experiment_id)
+        print(
+            f"MLflow run {run_id} in {redact(uri)}; its experiment in the UI: {open_hint(uri, page)}"
+        )

@@ -35,6 +35,15 @@ def method_name(
     return "pretrain" if clean else "retrain"
 
 
+def first_n_tag(method: str) -> str:
+    """The ``first_n`` tag of a method: layers trained, ``0`` (no-train), ``N`` or ``all``."""
+    if method == "notrain":
+        return "0"
+    if method.startswith("first-"):
+        return method.removeprefix("first-")
+    return "all"
+
+
 def test_grid(kind: str | None, level: LevelSpec | None) -> dict[str, Any]:
     """The DataModule's test sets of a run trained on (kind, level): clean, plus that setting."""
     if not kind or kind == "clean" or level is None or is_clean_level(level):

@@ -62,8 +62,15 @@ from robust_ft.formatting import fmt_time
 from robust_ft.levels import is_clean_level, level_tag, level_text
 from robust_ft.models import input_shape, n_param_layers
 from robust_ft.pipeline import base_config
-from robust_ft.settings import SCHEDULE_KEYS, experiment_name, is_finetune, test_grid
+from robust_ft.settings import (
+    SCHEDULE_KEYS,
+    experiment_name,
+    first_n_tag,
+    is_finetune,
+    test_grid,
+)
 from robust_ft.tracking import client as tracking_client
+from robust_ft.ui import open_hint
 
 log = logging.getLogger("robust_ft")
 ALL_KINDS = ("motion", "defocus", "noise", "combined")
@@ -333,8 +340,8 @@ def cell_run(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None) -> Ce
         "cell": cell.key,
         "method": cell.method,
         "distortion": cell.kind,
-        "level": cell.level,
-        "first_n": str(cell.first_n or (0 if cell.method == "notrain" else n_layers)),
+        "level": level_tag(cell.level),
+        "first_n": first_n_tag(cell.method),
     }
     o["tracking"] = {
         "experiment": sw.experiment_name,
@@ -435,12 +442,9 @@ def parent_run_args(client, sw: Sweep) -> dict[str, Any]:
 
 
 def share_view(client, sw: Sweep, experiment_id: str) -> str:
-    """Save an MLflow UI view of the sweep's runs with their error columns; its URL fragment.
+    """Save the sweep's MLflow UI view (its cells only, flat, error columns); the URL fragment."""
+    from robust_ft.ui import error_metrics, save_view
 
-    The UI's "share view" state, stored as the experiment tag ``mlflow.sharedViewState.<key>``:
-    the sweep's child runs, flat (sorted by name), with method/distortion/level tags and the
-    ``test/err`` metrics of the grid as columns.
-    """
     g = sw.grid
     metrics = ["test/err/clean/L0"] + [
         f"test/err/{k}/{level_tag(lv)}"
@@ -448,15 +452,8 @@ def share_view(client, sw: Sweep, experiment_id: str) -> str:
         for lv in g.levels
         if not is_clean_level(lv)
     ]
-    state = {
-        "searchFilter": f"tags.sweep_key = '{sw.key}' and tags.method != 'sweep'",
-        "orderByKey": "attributes.run_name",
-        "orderByAsc": True,
-        "selectedColumns": [f"tags.`{t}`" for t in ("method", "distortion", "level")]
-        + [f"metrics.`{m}`" for m in metrics],
-    }
-    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{sw.key}", json.dumps(state))
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={sw.key}"
+    cells = f"tags.sweep_key = '{sw.key}' and tags.method != 'sweep'"
+    return save_view(client, experiment_id, sw.key, error_metrics(metrics), cells)
 
 
 @dataclass
@@ -572,7 +569,7 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
         finally:
             _add_wall_time(client, parent.run_id, time.time() - start)
     log.info(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}")
-    log.info(f"[sweep] the runs table in the MLflow UI: {ui_link(view)}")
+    log.info(f"[sweep] the runs table in the MLflow UI: {open_hint(default_tracking_uri(), view)}")
     return replace(plan(client, sw), parent=parent.run_id, todo=[])
 
 
@@ -599,16 +596,6 @@ def run_cell(sw: Sweep, cell: Cell, parent: str, pretrain_run: str | None, where
     where = f"{where} " if where else ""
     log.info(f"[sweep] {where}{cell.key} in {time.time() - t0:.0f} s: {errs}")
     return res
-
-
-def ui_link(fragment: str) -> str:
-    """Where to open a page of the MLflow UI on the default store."""
-    from robust_ft.tracking import default_tracking_uri, ui_command
-
-    uri = default_tracking_uri()
-    if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/{fragment}"
-    return f"{ui_command(uri)}, then http://127.0.0.1:5000/{fragment}"
 
 
 # ----------------------------------------------------------------- command line

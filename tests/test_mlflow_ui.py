@@ -4,8 +4,8 @@ Chromium is driven over the DevTools protocol (``--virtual-time-budget`` never r
 MLflow UI, which keeps polling). The page is the sweep's saved view (experiment tag
 ``mlflow.sharedViewState.<sweep_key>``, written by the sweep). By default the test runs a tiny
 synthetic sweep; ``ROBUST_FT_UI_STORE=<path to mlflow.db>`` points it at an existing store
-instead, and ``ROBUST_FT_UI_SCREENSHOT=<png>`` keeps the screenshot (docs/mlflow_ui.png is made
-with the Fashion-MNIST sweep's store).
+instead, and ``ROBUST_FT_UI_SCREENSHOT=<dir>`` keeps the screenshots there (docs/mlflow_ui.png and
+docs/mlflow_ui_charts.png are made with the Fashion-MNIST sweep's store).
 """
 
 from __future__ import annotations
@@ -127,41 +127,82 @@ def store(tmp_path, monkeypatch) -> Path:
     return tmp_path / "mlflow.db"
 
 
-def test_experiment_page_lists_sweep_runs_with_metrics(store, tmp_path):
-    chromium = _chromium()
+@pytest.fixture
+def server(store, tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 over the store; its base URL."""
     port = _free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    server = subprocess.Popen(
+    proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{store}", "--host",
          "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/health", 180, server)
-        client = MlflowClient(base)
-        exps = [e.experiment_id for e in client.search_experiments()]
-        parent = client.search_runs(exps, "tags.sweep_role = 'parent'", max_results=1)[0]
-        key, exp_id = parent.data.tags["sweep_key"], parent.info.experiment_id
-        runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        runs = [r for r in runs if r.info.status == "FINISHED"]
-        assert runs
-        url = f"{base}/#/experiments/{exp_id}/runs?viewStateShareKey={key}"
-        names = sorted(r.info.run_name for r in runs)[:8]  # the view sorts by name: 1st screen
-        text, png = asyncio.run(_browse(chromium, url, [*names, "test/err/clean/L0"], 150))
+        _wait_http(f"{base}/health", 180, proc)
+        yield base
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-    (tmp_path / "mlflow_ui.png").write_bytes(png)
-    if os.environ.get("ROBUST_FT_UI_SCREENSHOT"):
-        Path(os.environ["ROBUST_FT_UI_SCREENSHOT"]).write_bytes(png)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _sweep_runs(client: MlflowClient):
+    """The sweep's parent and its FINISHED cell runs."""
+    exps = [e.experiment_id for e in client.search_experiments()]
+    parent = client.search_runs(exps, "tags.sweep_role = 'parent'", max_results=1)[0]
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    return parent, [r for r in runs if r.info.status == "FINISHED"]
+
+
+def _keep(png: bytes, tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(png)
+    if os.environ.get("ROBUST_FT_UI_SCREENSHOT"):  # docs/: ROBUST_FT_UI_SCREENSHOT=docs
+        Path(os.environ["ROBUST_FT_UI_SCREENSHOT"], name).write_bytes(png)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
+
+
+def test_experiment_view_shows_error_columns_of_every_run(store, server, tmp_path):
+    """The page robust-ft prints (the experiment's own view): runs by name, the error columns
+    and their values, with no click."""
+    from robust_ft.ui import view_fragment
+
+    chromium = _chromium()
+    client = MlflowClient(server)
+    parent, runs = _sweep_runs(client)
+    assert runs
+    url = f"{server}/{view_fragment(parent.info.experiment_id)}"
+    names = sorted(r.info.run_name for r in runs)[:8]  # the view sorts by name: 1st screen
+    text, png = asyncio.run(_browse(chromium, url, [*names, "test/err/clean/L0"], 150))
+    _keep(png, tmp_path, "mlflow_ui.png")
     missing = [n for n in names if n not in text]
     assert not missing, f"runs not listed: {missing}\n{text[:2000]}"
-    assert "test/err/clean/L0" in text
+    for column in ("test/err/clean/L0", "method", "level", "first_n"):
+        assert column in text, column
     shown = [float(x) for x in re.findall(r"\d+\.\d+", text)]
     for r in runs:
         if r.info.run_name in names:
             value = r.data.metrics["test/err/clean/L0"]
             assert any(abs(value - x) < 0.01 for x in shown), (r.info.run_name, value)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
+
+
+def test_chart_view_compares_runs_as_bars(store, server, tmp_path):
+    """The chart view of the sweep's page: one bar chart per test set, opened first, with a
+    bar per run (the test errors are logged at step 0 in every run)."""
+    from robust_ft.ui import view_fragment
+
+    chromium = _chromium()
+    client = MlflowClient(server)
+    parent, runs = _sweep_runs(client)
+    key = parent.data.tags["sweep_key"]
+    for r in runs:  # one value per run at one step: what the chart draws as bars
+        history = client.get_metric_history(r.info.run_id, "test/err/clean/L0")
+        assert [m.step for m in history] == [0], r.info.run_name
+    url = f"{server}/{view_fragment(parent.info.experiment_id, key, charts=True)}"
+    text, png = asyncio.run(_browse(chromium, url, ["test error (%)", "test/err/clean/L0"], 150))
+    _keep(png, tmp_path, "mlflow_ui_charts.png")
+    assert "test error (%)" in text and "test/err/clean/L0" in text, text[:2000]
+    head = text[: text.index("test/err/clean/L0") + 200]
+    assert "gradvar" not in head, "the error charts come first"

@@ -11,6 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
+SUMMARY_PREFIXES = ("test/", "gradvar/")
+"""Metrics measured once per run, after training: logged at step 0 so runs line up."""
+
 
 class LogConfig(SaveConfigCallback):
     """Log the resolved config (flattened params + ``config.yaml``), the environment, the pipeline."""
@@ -27,7 +30,11 @@ class LogConfig(SaveConfigCallback):
         text = self.parser.dump(self.config, skip_unset=False)
         cfg = yaml.safe_load(text)
         cfg.pop("config", None)
-        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.")}
+        # Unset settings (None) are left out: a param column that reads "None" compares nothing
+        # (the full config, unset values included, is the config.yaml artifact).
+        params = {
+            k: v for k, v in flatten(cfg).items() if not k.startswith("tracking.") and v is not None
+        }
         dm = trainer.datamodule
         if isinstance(dm, DistortedDataModule) and dm.kind is not None:
             params["data.pipeline"] = json.dumps(dm.pipeline_dict(), sort_keys=True)
@@ -97,6 +104,21 @@ class RunLogger(MLFlowLogger):
 
             self.experiment.log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
             self._logged_params.update(fresh)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Per-epoch metrics at their step; test results (one per run) at step 0; no ``epoch``.
+
+        A metric with one value at step 0 in every run is what MLflow's chart view draws as a bar
+        chart comparing runs; at each run's last training step it would be a scatter of points.
+        The epoch is the x-axis of the per-epoch metrics already (their step), so not a metric.
+        """
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        summary = {k: v for k, v in metrics.items() if k.startswith(SUMMARY_PREFIXES)}
+        series = {k: v for k, v in metrics.items() if k not in summary}
+        if summary:
+            super().log_metrics(summary, step=0)
+        if series:
+            super().log_metrics(series, step=step)
 
     def finalize(self, status: str = "success") -> None:
         """Nothing: ``tracked_run`` sets the final status."""

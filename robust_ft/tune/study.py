@@ -33,6 +33,7 @@ from robust_ft.tune.space import (
 )
 from robust_ft.tune.storage import make_pruner, make_storage, open_study, wait_attr
 from robust_ft.tune.tracking import best_trial, log_plots, log_summary, study_parent
+from robust_ft.ui import open_hint, tune_view
 
 log = logging.getLogger("robust_ft")
 
@@ -47,6 +48,8 @@ class TuneResult:
     best_params: dict[str, Any]
     n_trials: int
     finetune_run_id: str | None = None
+    view: str = ""
+    """the UI page of the study's trials (URL fragment)"""
 
 
 class Pretrain(NamedTuple):
@@ -139,6 +142,7 @@ def work(
     log_summary(parent.run_id, study)
     log_plots(parent.run_id, study)
     result = TuneResult(name, parent.run_id, None, {}, len(study.trials))
+    result.view = tune_view(client, experiment_id, name, space.describe())
     best = best_trial(study)
     if best is not None:
         result.best_value, result.best_params = float(best.value), dict(best.params)
@@ -268,4 +272,5 @@ def print_result(r: TuneResult, uri: str) -> None:
         print(f"[tune] best val/err {r.best_value:.2f}% with {r.best_params}")
     if r.finetune_run_id:
         print(f"[tune] fine-tune with the best parameters: run {r.finetune_run_id}")
-    print(f"[tune] MLflow parent run {r.parent_run_id}; open the UI: {ui_command(uri)}")
+    hint = open_hint(uri, r.view) if r.view else ui_command(uri)
+    print(f"[tune] MLflow parent run {r.parent_run_id}; the trials in the UI: {hint}")
