@@ -50,11 +50,7 @@ def level_of_tag(tag: str) -> str:
     """Level text of a metric-name tag: ``L2`` -> ``2``, ``LU0-4`` -> ``U(0,4)``."""
     from robust_ft.levels import level_text
 
-    body = tag.removeprefix("L")
-    if body.startswith("U"):
-        low, high = body[1:].split("-")
-        return level_text(f"U({low},{high})")
-    return level_text(body)
+    return level_text(tag)
 
 
 def level_value(level: str) -> float:
@@ -144,8 +140,11 @@ def _level_or_zero(text: str) -> str:
 def curve_points(rec: pd.DataFrame) -> pd.DataFrame:
     """Points of the Fig. 6/7/8 curves: (method, kind, level) -> value, one row per seed.
 
-    No-train runs give every test set they evaluated; a trained run gives its own (kind, level);
-    clean points (pre-train, first-N on clean data) stand for level 0 of every kind.
+    Each point comes from the run that measured it: no-train runs give every test set they
+    evaluated (the clean one too); a trained run gives its own (kind, level); a run trained on
+    clean data (first-N on clean) gives level 0 of every kind. The pre-train stands in for the
+    no-train model on clean images only where no no-train run tested them (it is that model).
+    A re-train has no level-0 point unless a re-train on clean data was run.
     """
     keys = ["model", "dataset", "seed", "method", "test_kind", "test_level", "stat", "layer"]
     renamed = {"test_kind": "kind", "test_level": "level"}
@@ -154,9 +153,8 @@ def curve_points(rec: pd.DataFrame) -> pd.DataFrame:
     notrain = rec[rec.method == "notrain"]
     trained = rec[rec.method != "notrain"]
     own = trained[(trained.test_kind == trained.kind) & (trained.test_level == trained.level)]
-    pre = own[own.method == "pretrain"]
-    aliases = [pre.assign(method=m) for m in ("notrain", "retrain")]
-    pts = pd.concat([notrain, own[own.method != "pretrain"], *aliases], ignore_index=True)
+    pre = own[own.method == "pretrain"].assign(method="notrain")  # after the real ones
+    pts = pd.concat([notrain, own[own.method != "pretrain"], pre], ignore_index=True)
     kinds = sorted(set(pts.test_kind) - {"clean"})
     clean = pts[pts.test_kind == "clean"]
     broadcast = [clean.assign(test_kind=k, test_level="0") for k in kinds]
@@ -241,70 +239,167 @@ def relative_ce(agg: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["model", "dataset", "_m"]).drop(columns="_m")
 
 
+FINDING_COLUMNS = ["model", "dataset", "claim", "paper", "holds", "detail"]
+NOT_RUN = "not run"
+
+
 def findings(agg: pd.DataFrame) -> pd.DataFrame:
-    """The paper's claims, measured: first-3 vs first-4, retrain at high levels, worst kinds, gradvar."""
-    rows = [
-        {"model": model, "dataset": dataset, "claim": c, "holds": h, "detail": d}
-        for (model, dataset), g in agg.groupby(["model", "dataset"])
-        for c, h, d in _claims(g)
+    """The paper's claims (Sec. 4-5) checked on these runs: ``holds`` is yes, no or not run.
+
+    A claim is judged only on cells that exist; when a needed cell is missing it says
+    ``not run`` and which runs would decide it.
+    """
+    rows = []
+    for (model, dataset), g in agg.groupby(["model", "dataset"]):
+        e = g[(g.stat == "err") & (g.level != "0")].set_index(["method", "kind", "level"])["mean"]
+        for claim, paper, holds, detail in _claims(e, g):
+            if holds is not NOT_RUN:
+                holds = "yes" if holds else "no"
+            values = (model, dataset, claim, paper, holds, detail)
+            rows.append(dict(zip(FINDING_COLUMNS, values, strict=True)))
+    return pd.DataFrame(rows, columns=FINDING_COLUMNS)
+
+
+def _claims(e: pd.Series, g: pd.DataFrame) -> list[tuple]:
+    """(claim, the paper's words, holds: bool | NOT_RUN, detail) of one model x dataset."""
+    return [
+        _trained_beats_notrain(e),
+        _first3_close_to_first4(e),
+        _finetune_at_low_levels(e),
+        _retrain_at_high_levels(e),
+        _worst_kinds(e),
+        _gradvar(g),
     ]
-    return pd.DataFrame(rows, columns=["model", "dataset", "claim", "holds", "detail"])
 
 
-def _claims(g: pd.DataFrame) -> list[tuple[str, bool | None, str]]:
-    """(claim, holds, detail) of one model x dataset's aggregated points."""
-    out = []
-    e = g[(g.stat == "err") & (g.level != "0")].set_index(["method", "kind", "level"])["mean"]
-    methods = set(g.method)
-    if {"first-3", "first-4", "notrain"} <= methods:
-        diff = (e["first-3"] - e["first-4"]).abs().dropna()
-        rel = diff / e["notrain"].reindex(diff.index)
-        out.append((
-            "first-3 close to first-4",
-            bool(rel.mean() < 0.1),
-            f"mean |first-3 - first-4| = {diff.mean():.2f} points over {len(diff)} cells "
-            f"({100 * rel.mean():.1f}% of the no-train error)",
-        ))  # fmt: skip
-    numeric = [lv for lv in set(g.level) if not lv.startswith("U") and lv != "0"]
-    if "retrain" in methods and numeric:
-        top = max(numeric, key=float)
-        winners = e.xs(top, level="level").unstack("method").idxmin(axis=1)
-        wins = int((winners == "retrain").sum())
-        out.append((
-            f"retrain best at the highest level ({top})",
-            wins * 2 > len(winners),
-            f"retrain has the lowest error in {wins}/{len(winners)} kinds; best per kind: "
-            + ", ".join(f"{k}: {m}" for k, m in winners.items()),
-        ))  # fmt: skip
-    if "notrain" in methods:
-        hurt = e["notrain"].groupby(level="kind").mean().sort_values(ascending=False)
-        out.append((
-            "defocus and combined hurt most (no-train)",
-            set(hurt.index[:2]) == {"defocus", "combined"} if len(hurt) >= 3 else None,
-            "mean no-train error over levels > 0: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in hurt.items()),
-        ))  # fmt: skip
-    gv = g[(g.stat == "gradvar") & (g.level != "0")]
-    ref = g[(g.stat == "gradvar") & (g.level == "0") & (g.method == "notrain")]["mean"].mean()
-    if not gv.empty and ref == ref:
-        ratio = gv.groupby("method")["mean"].mean() / ref
-        ft = [m for m in ratio.index if m.startswith("first-")]
-        holds = None
-        if "notrain" in ratio.index and ft:
-            holds = all(abs(ratio[m] - 1) < abs(ratio["notrain"] - 1) for m in ft)
-        out.append((
-            "fine-tune keeps gradient variance near clean",
-            holds,
-            "mean gradvar over levels > 0 / clean model on clean images: "
-            + ", ".join(f"{m} {ratio[m]:.2f}" for m in sorted(ratio.index, key=method_order)),
-        ))  # fmt: skip
+def _cells(e: pd.Series, method: str) -> pd.Series:
+    """A method's errors by (kind, level); empty when it was not run."""
+    return e[method] if method in e.index.get_level_values("method") else e.iloc[:0]
+
+
+def _numeric_levels(cells: pd.Series) -> list[str]:
+    return sorted({lv for _, lv in cells.index if not lv.startswith("U")}, key=float)
+
+
+def _trained_beats_notrain(e: pd.Series) -> tuple:
+    claim, paper = (
+        "fine-tuning and re-training lower the error",
+        ("Both fine-tuning and re-training methods can significantly reduce error rate (Sec. 4)"),
+    )
+    base = _cells(e, "notrain")
+    trained = [m for m in dict.fromkeys(e.index.get_level_values("method")) if m != "notrain"]
+    pairs = [(m, i) for m in trained for i in _cells(e, m).index if i in base.index]
+    if not pairs:
+        return claim, paper, NOT_RUN, "needs no-train and trained runs on the same (kind, level)"
+    lower = [e[(m, *i)] < base[i] for m, i in pairs]
+    return claim, paper, all(lower), f"lower than no-train in {sum(lower)}/{len(pairs)} cells"
+
+
+def _first3_close_to_first4(e: pd.Series) -> tuple:
+    claim = "first-3 close to first-4"
+    paper = "first-3 and first-4 have very similar results (Sec. 4, LeNet-5)"
+    f3, f4, base = _cells(e, "first-3"), _cells(e, "first-4"), _cells(e, "notrain")
+    both = [i for i in f3.index if i in f4.index and i in base.index]
+    if not both:
+        return claim, paper, NOT_RUN, "needs first-3, first-4 and no-train on the same cells"
+    diff = (f3[both] - f4[both]).abs()
+    rel = float((diff / base[both]).mean())
+    detail = (
+        f"mean |first-3 - first-4| = {diff.mean():.2f} points over {len(both)} cells "
+        f"({100 * rel:.1f}% of the no-train error)"
+    )
+    return claim, paper, rel < 0.1, detail
+
+
+def _best_finetune(e: pd.Series, level: str) -> dict[str, tuple[float, float]]:
+    """Per kind at ``level``: the best first-N's error and re-train's, where both were run."""
+    ft = [m for m in dict.fromkeys(e.index.get_level_values("method")) if m.startswith("first-")]
+    re = _cells(e, "retrain")
+    out = {}
+    for kind, lv in re.index:
+        mine = [e[(m, kind, lv)] for m in ft if (m, kind, lv) in e.index]
+        if lv == level and mine:
+            out[kind] = (min(mine), re[(kind, lv)])
     return out
 
 
+def _finetune_at_low_levels(e: pd.Series) -> tuple:
+    claim = "at the lowest level fine-tuning is within 1 point of re-training"
+    paper = "When the distortion is small, fine-tuning achieves comparable results (Sec. 4)"
+    levels = _numeric_levels(_cells(e, "retrain"))
+    cells = _best_finetune(e, levels[0]) if levels else {}
+    if not cells:
+        return claim, paper, NOT_RUN, "needs re-train and a first-N at the same (kind, level)"
+    gaps = {k: ft - re for k, (ft, re) in cells.items()}
+    detail = f"level {levels[0]}: best first-N minus re-train " + ", ".join(
+        f"{k} {v:+.2f}" for k, v in sorted(gaps.items())
+    )
+    return claim, paper, all(v <= 1.0 for v in gaps.values()), detail
+
+
+def _retrain_at_high_levels(e: pd.Series) -> tuple:
+    claim = "at the highest level re-training beats fine-tuning"
+    paper = "When the distortion level increases, re-training achieves a better result (Sec. 4)"
+    levels = _numeric_levels(_cells(e, "retrain"))
+    cells = _best_finetune(e, levels[-1]) if levels else {}
+    if not cells:
+        return claim, paper, NOT_RUN, "needs re-train and a first-N at the same (kind, level)"
+    wins = sorted(k for k, (ft, re) in cells.items() if re < ft)
+    detail = f"level {levels[-1]}: re-train best in {len(wins)}/{len(cells)} kinds ({', '.join(wins) or 'none'})"
+    return claim, paper, 2 * len(wins) > len(cells), detail
+
+
+def _worst_kinds(e: pd.Series) -> tuple:
+    claim = "defocus and combined hurt most (no-train)"
+    paper = "Defocus blur and combined noise have more effect on error rate (Sec. 4)"
+    hurt = _cells(e, "notrain").groupby(level="kind").mean().sort_values(ascending=False)
+    if len(hurt) < 3 or not {"defocus", "combined"} <= set(hurt.index):
+        return claim, paper, NOT_RUN, "needs no-train on defocus, combined and another kind"
+    detail = "mean no-train error over levels > 0: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in hurt.items()
+    )
+    return claim, paper, set(hurt.index[:2]) == {"defocus", "combined"}, detail
+
+
+def _gradvar(g: pd.DataFrame) -> tuple:
+    claim = "gradient variance: no-train below clean, fine-tune near clean, re-train above"
+    paper = "Fig. 8: no train decreases, fine-tuning stays similar, re-training is higher (Sec. 4)"
+    gv = g[(g.stat == "gradvar") & (g.level != "0")]
+    ref = g[(g.stat == "gradvar") & (g.level == "0") & (g.method == "notrain")]["mean"].mean()
+    ratio = gv.groupby("method")["mean"].mean() / ref
+    ft = [m for m in ratio.index if m.startswith("first-")]
+    if ref != ref or "notrain" not in ratio.index or not ft or "retrain" not in ratio.index:
+        return (
+            claim,
+            paper,
+            NOT_RUN,
+            "needs gradvar of no-train (clean too), a first-N and re-train",
+        )
+    holds = (
+        ratio["notrain"] < 1
+        and ratio["retrain"] > 1
+        and all(abs(ratio[m] - 1) < abs(ratio["notrain"] - 1) for m in ft)
+    )
+    detail = "mean gradvar over levels > 0 / clean model on clean images: " + ", ".join(
+        f"{m} {ratio[m]:.2f}" for m in sorted(ratio.index, key=method_order)
+    )
+    return claim, paper, bool(holds), detail
+
+
 # ----------------------------------------------------------------- figures
+FIG_WIDTH_PX = 1600
+"""Figures are at least this wide: readable at full width."""
+MARKERS = {"notrain": "s", "retrain": "D", "pretrain": "^"}
+FIRST_N_MARKERS = "ovP*Xph"
+
+
 def _plot_panels(agg: pd.DataFrame, stat: str, ylabel: str, title: str, path: Path,
                  reference: float | None = None) -> Path | None:  # fmt: skip
-    """One panel per kind, one line per method, value vs level (numeric levels only)."""
+    """One panel per kind, one line per method, value vs level (numeric levels only).
+
+    Every method has its own colour and marker and one entry in a legend shared by the panels
+    (a method run at a single level is a labelled marker, not an anonymous dot).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,7 +411,10 @@ def _plot_panels(agg: pd.DataFrame, stat: str, ylabel: str, title: str, path: Pa
         return None
     methods = sorted(set(d.method), key=method_order)
     colors = _colors(methods, plt.cm.viridis)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 3.2), squeeze=False)
+    ft = [m for m in methods if m.startswith("first-")]
+    markers = MARKERS | {m: FIRST_N_MARKERS[i % len(FIRST_N_MARKERS)] for i, m in enumerate(ft)}
+    width = max(4.0 * len(kinds), 8.0)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(width, 4.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         for method in methods:
             m = d[(d.kind == kind) & (d.method == method)].copy()
@@ -326,17 +424,23 @@ def _plot_panels(agg: pd.DataFrame, stat: str, ylabel: str, title: str, path: Pa
             m = m.sort_values("x")
             style = "--" if method == "notrain" else "-"
             ax.errorbar(m.x, m["mean"], yerr=m["std"], label=method, color=colors.get(method),
-                        linestyle=style, marker="o", markersize=3, capsize=2)  # fmt: skip
+                        linestyle=style, marker=markers.get(method, "o"), markersize=6,
+                        capsize=2)  # fmt: skip
         if reference is not None:
             ax.axhline(reference, color="grey", linestyle=":", label="clean model, clean images")
         ax.set_title(kind)
         ax.set_xlabel("distortion level")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 8),
+               frameon=False)  # fmt: skip
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=max(100, -(-FIG_WIDTH_PX // int(width))))
     plt.close(fig)
     return path
 
@@ -396,8 +500,9 @@ def _html_table(df: pd.DataFrame) -> str:
 
 
 def write_html(out: Path, figs, t1: pd.DataFrame, ce: pd.DataFrame, fnd: pd.DataFrame,
-               source: dict[str, str]) -> Path:  # fmt: skip
-    """index.html: provenance, the figures, Table 1 analog beside the paper's, mCE, findings."""
+               source: dict[str, str], budgets: dict[str, str]) -> Path:  # fmt: skip
+    """index.html: provenance, each method's budget, the figures, Table 1 analog beside the
+    paper's, mCE, findings."""
     proto = _protocol_rows(t1)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>robust-ft report</title>",
@@ -408,6 +513,8 @@ def write_html(out: Path, figs, t1: pd.DataFrame, ce: pd.DataFrame, fnd: pd.Data
         "<p>Built from tracked MLflow runs only. "
         + "; ".join(f"{html.escape(k)}: <code>{html.escape(v)}</code>" for k, v in source.items())
         + "</p>",
+        "<h2>Training budget per method</h2>",
+        _html_table(pd.DataFrame(list(budgets.items()), columns=["method", "budget"])),
         "<h2>Fig. 6/7/8 analogs</h2>",
     ]
     parts += [f"<figure><img src='{p.name}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}"
@@ -425,7 +532,9 @@ def write_html(out: Path, figs, t1: pd.DataFrame, ce: pd.DataFrame, fnd: pd.Data
         "<p>Per kind: the sum over levels &gt; 0 of a method's error divided by no-train's, in %"
         " (100 = no-train); mce is the mean over kinds. <a href='mce.csv'>mce.csv</a></p>",
         _html_table(ce),
-        "<h2>The paper's findings on this data</h2>",
+        "<h2>The paper's findings, checked on these runs</h2>",
+        "<p>holds: yes or no, judged only on cells that were run; <em>not run</em> says which "
+        "runs would decide it.</p>",
         _html_table(fnd),
         "<p>Data: <a href='errors.csv'>errors.csv</a>, <a href='gradvar.csv'>gradvar.csv</a>, "
         "<a href='findings.csv'>findings.csv</a>.</p></body></html>",
@@ -436,31 +545,28 @@ def write_html(out: Path, figs, t1: pd.DataFrame, ce: pd.DataFrame, fnd: pd.Data
 
 
 def schedules(runs: list) -> dict[str, str]:
-    """The training budget as the runs' own params say: epochs, rates, image counts."""
+    """Each method's training budget as its newest run's params say: epochs, rate, images."""
+    d = "data.init_args."
     out = {}
-
-    def first(pred):
-        return next((r.data.params for r in runs if pred(r.data.tags.get("method", ""))), None)
-
-    full = first(lambda m: m in ("pretrain", "retrain"))
-    if full:
-        out["pre-train/re-train"] = (
-            f"{full.get('trainer.max_epochs')} epochs, lr {full.get('model.lr')} "
-            f"({full.get('model.lr_schedule', 'constant')})"
+    newest = {}
+    for r in runs:  # newest first
+        newest.setdefault(r.data.tags.get("method", ""), r.data.params)
+    for method in sorted(newest, key=method_order):
+        p = newest[method]
+        images = (
+            f"test {p.get(d + 'test_subset', 'all')} images per test set"
+            if method == "notrain"
+            else f"{p.get(d + 'train_subset', 'all')} training images, "
+            f"validation {p.get(d + 'val_split', '-')}, test {p.get(d + 'test_subset', 'all')}"
         )
-    ft = first(lambda m: m.startswith("first-"))
-    if ft and ft.get("model.finetune.lr") not in (None, "None"):
-        out["fine-tune"] = (
-            f"{ft.get('model.finetune.max_epochs')} epochs, lr {ft.get('model.finetune.lr')}"
-        )
-    params = full or ft
-    if params:
-        d = "data.init_args."
-        out["images"] = (
-            f"train {params.get(d + 'train_subset', 'None').replace('None', 'all')}, "
-            f"validation {params.get(d + 'val_split')}, "
-            f"test {params.get(d + 'test_subset', 'None').replace('None', 'all')}"
-        )
+        if method == "notrain":
+            out[method] = f"no training; {images}"
+            continue
+        sched = "model.finetune." if method.startswith("first-") else "model."
+        epochs = p.get(f"{sched}max_epochs") or p.get("trainer.max_epochs")
+        rate = p.get(f"{sched}lr") or p.get("model.lr")
+        kind = p.get(f"{sched}lr_schedule") or p.get("model.lr_schedule", "constant")
+        out[method] = f"{epochs} epochs, lr {rate} ({kind}); {images}"
     return out
 
 
@@ -500,8 +606,7 @@ def build_report(parent_run: str | None = None, experiments: Iterable[str] = (),
             source["sweep wall time (s)"] = parent.data.tags["sweep_wall_s"]
     else:
         source["experiments"] = ", ".join(experiments) or "all"
-    source.update(schedules(runs))
-    write_html(out, figs, t1, ce, fnd, source)
+    write_html(out, figs, t1, ce, fnd, source, schedules(runs))
     targets = [parent_run] if parent_run and log else []
     own = os.environ.get("MLFLOW_RUN_ID")
     if own and log and own not in targets:

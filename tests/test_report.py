@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -18,10 +20,22 @@ def _err(method: str, kind: str, level: int) -> float:
     return 10.0 + (base if level else 0.0) * level * (2 if kind == "defocus" else 1)
 
 
+BUDGETS = {  # what each method's runs trained with (params, as the runner logs them)
+    "pretrain": {"trainer.max_epochs": "20", "model.lr": "0.001"},
+    "retrain": {"trainer.max_epochs": "20", "model.lr": "0.001"},
+    "first-3": {"model.finetune.max_epochs": "15", "model.finetune.lr": "1e-05",
+                "data.init_args.train_subset": "600"},
+    "first-4": {"model.finetune.max_epochs": "15", "model.finetune.lr": "1e-05",
+                "data.init_args.train_subset": "600"},
+}  # fmt: skip
+
+
 def _log(client, exp_id, parent, tags, metrics, name):
     run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent, **tags})
     for k, v in metrics.items():
-        client.log_metric(run.info.run_id, k, v)
+        client.log_metric(run.info.run_id, k, v, step=0)
+    for k, v in BUDGETS.get(tags.get("method"), {}).items():
+        client.log_param(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -56,16 +70,32 @@ def fake_sweep(workdir):
     return client, parent
 
 
-def test_curves_broadcast_level_zero_and_average(fake_sweep):
+def test_curves_take_each_point_from_the_run_that_measured_it(fake_sweep):
     client, parent = fake_sweep
     agg = report.aggregate(report.curve_points(report.records(report.fetch_runs(client, parent))))
     err = agg[agg.stat == "err"].set_index(["method", "kind", "level"])["mean"]
-    assert len(err) == len(METHODS) * len(KINDS) * 3  # levels 0, 1, 2
-    for kind in KINDS:  # level 0: the pre-train for notrain/retrain, first-N's clean runs
-        assert err[("notrain", kind, "0")] == err[("retrain", kind, "0")] == 10.0
+    # levels 0, 1, 2 per method and kind; re-train has no level 0 (no re-train on clean was run)
+    assert len(err) == len(METHODS) * len(KINDS) * 3 - len(KINDS)
+    for kind in KINDS:  # level 0: no-train's own clean test, first-N's clean runs
+        assert err[("notrain", kind, "0")] == 10.0
         assert err[("first-3", kind, "0")] == 9.9
+        assert ("retrain", kind, "0") not in err.index  # not the pre-train's number
     assert err[("retrain", "defocus", "2")] == _err("retrain", "defocus", 2)
     assert list(agg.method.drop_duplicates()) == ["notrain", "first-3", "first-4", "retrain"]
+
+
+def test_the_pretrain_stands_in_for_notrain_on_clean_only_when_no_notrain_run_tested_it(workdir):
+    client = MlflowClient()
+    exp = client.create_experiment("lenet5-old")
+    parent = client.create_run(exp, tags={"method": "sweep"}).info.run_id
+    common = {"model": "lenet5", "dataset": "old", "seed": "0"}
+    _log(client, exp, parent, {**common, "method": "pretrain", "distortion": "clean",
+         "level": "L0"}, {"test/err/clean/L0": 7.0}, "pretrain")  # fmt: skip
+    _log(client, exp, parent, {**common, "method": "notrain", "distortion": "noise",
+         "level": "L2"}, {"test/err/noise/L2": 20.0}, "notrain")  # fmt: skip
+    agg = report.aggregate(report.curve_points(report.records(report.fetch_runs(client, parent))))
+    err = agg[agg.stat == "err"].set_index(["method", "kind", "level"])["mean"]
+    assert err[("notrain", "noise", "0")] == 7.0 and err[("notrain", "noise", "2")] == 20.0
 
 
 def test_table1_pairs_original_and_trained(fake_sweep):
@@ -83,11 +113,31 @@ def test_relative_ce_and_findings(fake_sweep):
     ce = report.relative_ce(agg).set_index("method")
     assert ce.loc["notrain", "mce"] == pytest.approx(100.0)
     assert ce.loc["retrain", "mce"] < ce.loc["first-4", "mce"] < ce.loc["first-3", "mce"] < 100
-    found = report.findings(agg).set_index("claim")
-    assert found.loc["first-3 close to first-4", "holds"]
-    assert found.loc["retrain best at the highest level (2)", "holds"]
-    assert pd.isna(found.loc["defocus and combined hurt most (no-train)", "holds"])  # 2 kinds
-    assert found.loc["fine-tune keeps gradient variance near clean", "holds"]
+    found = report.findings(agg).set_index("claim")["holds"]
+    assert found["fine-tuning and re-training lower the error"] == "yes"
+    assert found["first-3 close to first-4"] == "yes"
+    assert found["at the highest level re-training beats fine-tuning"] == "yes"
+    assert found["at the lowest level fine-tuning is within 1 point of re-training"] == "no"
+    assert found["defocus and combined hurt most (no-train)"] == "not run"  # 2 kinds only
+    assert found["gradient variance: no-train below clean, fine-tune near clean, re-train above"] == "yes"  # fmt: skip
+
+
+def test_findings_are_judged_only_on_cells_that_exist(fake_sweep):
+    """No re-train at level 2: the high-level claim is judged at level 1, the highest level
+    re-train was run at; without any re-train it says "not run"."""
+    client, parent = fake_sweep
+    agg = report.aggregate(report.curve_points(report.records(report.fetch_runs(client, parent))))
+    some = agg[~((agg.method == "retrain") & (agg.level == "2"))]
+    row = (
+        report.findings(some)
+        .set_index("claim")
+        .loc["at the highest level re-training beats fine-tuning"]
+    )
+    assert row.detail.startswith("level 1:")
+    none = report.findings(agg[agg.method != "retrain"]).set_index("claim")["holds"]
+    assert none["at the highest level re-training beats fine-tuning"] == "not run"
+    assert none["at the lowest level fine-tuning is within 1 point of re-training"] == "not run"
+    assert (report.findings(agg).paper.str.len() > 20).all()  # each claim quotes the paper
 
 
 def test_report_files_html_and_logged_artifact(fake_sweep, workdir):
@@ -100,7 +150,18 @@ def test_report_files_html_and_logged_artifact(fake_sweep, workdir):
     assert "42.9" in html and "47.7" in html  # the paper's Table 1 beside ours
     for name in ("errors.csv", "gradvar.csv", "table1.csv", "mce.csv", "findings.csv"):
         assert (out / name).exists() and name in html
-    assert len(pd.read_csv(out / "errors.csv")) == len(METHODS) * len(KINDS) * 3
+    assert len(pd.read_csv(out / "errors.csv")) == len(METHODS) * len(KINDS) * 3 - len(KINDS)
+    # every figure readable at full width; each method's real budget in the header
+    from PIL import Image
+
+    for f in figs:
+        assert Image.open(out / f).size[0] >= 1600, f
+    budgets = dict(
+        re.findall(r"<td>([\w-]+)</td>\s*<td>([^<]*(?:epochs|training)[^<]*)</td>", html)
+    )
+    assert budgets["first-3"].startswith("15 epochs, lr 1e-05 (constant); 600 training images")
+    assert budgets["retrain"].startswith("20 epochs, lr 0.001 (constant); all training images")
+    assert budgets["notrain"].startswith("no training")
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/index.html", "report/error_lenet5_fake.png"} <= logged
 

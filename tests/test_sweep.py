@@ -137,9 +137,14 @@ def test_sweep_runs_every_cell_once_nested_and_tagged(swept):
     by_cell = {_cell_suffix(r.data.tags["cell"]): r for r in runs}
     ft = by_cell["first-1/defocus/L2"]
     assert (ft.data.tags["method"], ft.data.tags["distortion"], ft.data.tags["level"]) == (
-        "first-1", "defocus", "2",
-    )  # fmt: skip
+        "first-1",
+        "defocus",
+        "L2",
+    )  # fmt: skip  (the level as in the metric keys and the run name)
+    assert ft.info.run_name == "first-1-defocus-L2-s0"
     assert ft.data.tags["first_n"] == "1"
+    assert by_cell["pretrain/clean/L0"].data.tags["first_n"] == "all"
+    assert by_cell["retrain/noise/L2"].data.tags["first_n"] == "all"
     assert ft.data.tags["init_from_run"] == by_cell["pretrain/clean/L0"].info.run_id
     assert {"test/err/clean/L0", "test/err/defocus/L2", "gradvar/conv2/defocus/L2"} <= set(
         ft.data.metrics
@@ -173,8 +178,8 @@ def test_report_of_the_sweep_has_every_figure(swept):
         assert f"src='{png}'" in html
     import pandas as pd
 
-    errors = pd.read_csv(out / "errors.csv")  # 3 methods x 2 kinds x levels 0, 2
-    assert len(errors) == 12 and set(errors.method) == {"notrain", "first-1", "retrain"}
+    errors = pd.read_csv(out / "errors.csv")  # 3 methods x 2 kinds x levels 0, 2; retrain no 0
+    assert len(errors) == 10 and set(errors.method) == {"notrain", "first-1", "retrain"}
     assert len(pd.read_csv(out / "table1.csv")) == 4  # first-1, retrain x 2 kinds (top-1 only)
     assert set(pd.read_csv(out / "mce.csv").method) == {"notrain", "first-1", "retrain"}
     logged = {a.path for a in swept["client"].list_artifacts(swept["plan"].parent, "report")}
