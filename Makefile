@@ -29,8 +29,9 @@ setup: $(BIN)/.installed
 data: setup
 	$(BIN)/python -m robust_ft.data.fetch --root $(DATA_DIR)
 
+DEMO_ARGS ?=
 demo: setup data
-	$(BIN)/python -m robust_ft demo --config conf/demo.yaml
+	$(BIN)/python -m robust_ft demo --config conf/demo.yaml $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         if command in COMMANDS:
             module, _, fn = COMMANDS[command][0].partition(":")
             getattr(importlib.import_module(module), fn)(rest)
+        elif rest in (["-h"], ["--help"]):  # cached: no Lightning import for a help text
+            from robust_ft.helpcache import cached_help
+
+            print(cached_help(command), end="")
         else:
             from robust_ft.runner import run
 

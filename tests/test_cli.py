@@ -203,6 +203,27 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
+def test_fit_help_is_rendered_once_then_read_without_lightning(tmp_path):
+    """``fit --help`` renders LightningCLI's help once per versions and sources, then answers
+    from the cache: the second process never imports Lightning, and prints the same text."""
+    env = {**os.environ, "ROBUST_FT_CACHE_DIR": str(tmp_path), "COLUMNS": "100"}
+    first = subprocess.run([sys.executable, "-m", "robust_ft", "fit", "--help"], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0 and "--model.first_n" in first.stdout
+    assert len(list((tmp_path / "help").glob("fit-*.txt"))) == 1
+    probe = (
+        "import sys; from robust_ft.cli import main; main(['fit', '--help']); "
+        "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, 'imported'"
+    )
+    second = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout == first.stdout
+    narrow = subprocess.run([sys.executable, "-m", "robust_ft", "fit", "--help"],
+                            env={**env, "COLUMNS": "60"}, capture_output=True, text=True)  # fmt: skip
+    assert len(list((tmp_path / "help").glob("fit-*.txt"))) == 2  # another width: its own text
+    assert len(narrow.stdout.splitlines()[0]) < len(first.stdout.splitlines()[0])  # wrapped
+
+
 @pytest.mark.slow
 def test_mlflow_run_evaluate_entry_point(workdir, pretrained_ckpt):
     ckpt = MlflowClient().download_artifacts(

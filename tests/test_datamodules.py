@@ -51,6 +51,10 @@ def test_test_grid_tags_and_distorted_sets(tmp_path):
     # level 0 of every kind is the clean set: tested once, logged under each tag
     assert dm.test_tags == ["clean/L0", "defocus/L2", "noise/L2"]
     assert dm.test_aliases == {"clean/L0": ["defocus/L0", "noise/L0"]}
+    # a grid without "clean" still has its clean column: level 0 is named clean/L0
+    grid = _dm(tmp_path, test_kinds=["motion", "defocus"], test_levels=[0, 2])
+    assert grid.test_tags == ["clean/L0", "motion/L2", "defocus/L2"]
+    assert grid.test_aliases == {"clean/L0": ["motion/L0", "defocus/L0"]}
     sets = dm._data["test"]
     clean = sets[0].images
     assert not torch.equal(sets[1].images, clean)

@@ -176,14 +176,16 @@ class DistortedDataModule(L.LightningDataModule):
             pairs = [_validated(k, lv) for k in test_kinds for lv in levels]
         else:
             pairs = [(self.kind, self.level)]
-        # level 0 of any kind is the clean set: one test set (and one forward pass) serves them
-        # all; its results are logged under each of their tags (``test_aliases``)
-        identity = next((p for p in pairs if _is_identity(*p)), None)
-        self.test_sets = list(dict.fromkeys(identity if _is_identity(*p) else p for p in pairs))
+        # level 0 of any kind is the clean set: one test set (and one forward pass) named
+        # ``clean/L0`` serves them all; its results are logged under each of their tags too
+        # (``test_aliases``), so every grid with a level 0 has its clean column
+        clean = (None, 0.0)
+        self.test_sets = list(dict.fromkeys(clean if _is_identity(*p) else p for p in pairs))
         self.test_tags = [distortion_tag(k, lv) for k, lv in self.test_sets]
         """Metric suffix per test dataloader, e.g. ``defocus/L2``."""
         same = [distortion_tag(*p) for p in dict.fromkeys(pairs) if _is_identity(*p)]
-        self.test_aliases = {same[0]: same[1:]} if len(same) > 1 else {}
+        others = [t for t in dict.fromkeys(same) if t != "clean/L0"]
+        self.test_aliases = {"clean/L0": others} if others else {}
         """Tag -> the other tags its results are logged under too (level 0 of other kinds)."""
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"train_subset must be >= 1 (got {train_subset}); omit it for all")
