@@ -546,7 +546,7 @@ def distort_array(
         total=len(images),
         unit="img",
         desc=f"distort {kind} {level_tag(level)}",
-        disable=not progress,
+        disable=None if progress else True,  # None: a bar only on a terminal, no \r in logs
         file=sys.stderr,
     ) as bar:
         for start in range(0, len(images), step):
