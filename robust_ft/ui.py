@@ -38,7 +38,7 @@ def view_state(
         {
             "uuid": f"robust-ft-bar-{i}",
             "type": "BAR",
-            "runsCountToCompare": 20,
+            "runsCountToCompare": 100,
             "metricSectionId": _SECTION,
             "deleted": False,
             "isGenerated": False,
@@ -58,6 +58,7 @@ def view_state(
         "selectedColumns": [*columns, *(f"metrics.`{m}`" for m in metrics)],
         "compareRunCharts": charts,
         "compareRunSections": [section],
+        "runsHiddenMode": "SHOW_ALL",  # the UI's default shows the first 10 runs only
         "isAccordionReordered": True,
         "hideEmptyCharts": True,
     }

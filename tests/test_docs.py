@@ -33,7 +33,10 @@ SWEEP = (
     "--kinds defocus --levels 0,2 --first-n 1 --train-subset 300 "
     "--extra --trainer.max_epochs 1 --data.init_args.test_subset 200"
 )
-TUNE = "--n-trials 2 --trial-epochs 1 --trial-subset 300"
+TUNE = (
+    "--n-trials 2 --trial-epochs 1 --trial-subset 300 --extra --model.finetune.max_epochs 1 "
+    "--data.init_args.train_subset 600 --data.init_args.test_subset 200"
+)
 CLI = r"^(?:robust-ft|python -m robust_ft)"
 BUDGET = [  # (a command's start, flags appended to it)
     (rf"{CLI} (?:fit|test|validate)\b(?!.*--help)", FIT),

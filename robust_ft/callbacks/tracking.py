@@ -113,7 +113,12 @@ class RunLogger(MLFlowLogger):
         The epoch is the x-axis of the per-epoch metrics already (their step), so not a metric.
         """
         metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        summary = {k: v for k, v in metrics.items() if k.startswith(SUMMARY_PREFIXES)}
+        # float32 to 7 significant digits: 27.4 would read 27.3999996 in the UI's columns
+        summary = {
+            k: float(f"{float(v):.7g}")
+            for k, v in metrics.items()
+            if k.startswith(SUMMARY_PREFIXES)
+        }
         series = {k: v for k, v in metrics.items() if k not in summary}
         if summary:
             super().log_metrics(summary, step=0)
