@@ -225,6 +225,40 @@ def test_fit_help_is_rendered_once_then_read_without_lightning(tmp_path):
 
 
 @pytest.mark.slow
+def test_mlflow_run_chain_with_an_experiment_name(workdir):
+    """pretrain -> finetune (init_from=latest) -> evaluate under ``--experiment-name``: each one
+    run with the project's name and tags, ``latest`` found in that experiment."""
+    extra = " ".join([*synthetic_args(n_train=200, n_test=64), "--trainer.max_epochs", "1",
+                      "--tracking.log_model", "false"])  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    steps = {
+        "pretrain": [],
+        "finetune": ["-P", "kind=defocus", "-P", "level=2", "-P", "first_n=2"],
+        "evaluate": ["-P", "kinds=defocus", "-P", "levels=0,2"],
+    }
+    for entry, params in steps.items():
+        r = subprocess.run(
+            [mlflow, "run", str(REPO), "-e", entry, "--env-manager", "local", "--experiment-name",
+             "chain", *params, "-P", f"extra={extra}"],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, (entry, r.stderr[-3000:])
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("chain").experiment_id])
+    by = {r.data.tags["method"]: r for r in runs}
+    assert sorted(by) == ["first-2", "notrain", "pretrain"] and len(runs) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by["first-2"].info.run_name == "first-2-defocus-L2"
+    assert by["pretrain"].info.run_name == "pretrain-clean-L0"
+    pre = by["pretrain"].info.run_id
+    assert by["first-2"].data.tags["init_from_run"] == pre
+    assert by["notrain"].data.tags["init_from_run"] == pre
+    assert {"test/err/clean/L0", "test/err/defocus/L2"} <= set(by["notrain"].data.metrics)
+
+
+@pytest.mark.slow
 def test_mlflow_run_evaluate_entry_point(workdir, pretrained_ckpt):
     ckpt = MlflowClient().download_artifacts(
         pretrained_ckpt.run_id, "checkpoints/best.ckpt", str(workdir)
