@@ -131,6 +131,36 @@ def user_keys(argv: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The files of ``--config``/``-c`` options of a command line."""
+    out = []
+    for i, token in enumerate(argv):
+        if token in ("--config", "-c") and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif token.startswith("--config="):
+            out.append(token.partition("=")[2])
+    return out
+
+
+def check_yaml_files(paths: Sequence[str | Path]) -> None:
+    """Refuse a config file that does not exist or is not YAML, naming the file and the line."""
+    import yaml
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(
+                f"config file {path} is not valid YAML{where} ({problem}); fix it, or compare "
+                "with the configs in conf/"
+            ) from None
+
+
 def same_setting(key: str) -> str:
     """``data.init_args.val_split`` and ``data.val_split`` name one setting (as on the command
     line): the key without ``init_args``."""
@@ -197,10 +227,8 @@ class RobustCLI(LightningCLI):
         """Config files and the user's flags as the console parses them, then the overrides the
         user did not set and the fixed ones (last: jsonargparse cannot parse flags over a
         ``parse_object`` result, so all overrides go in one ``parse_object``)."""
-        for path in args.configs:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
         argv = list(args.argv or [])
+        check_yaml_files([*args.configs, *config_files(argv)])
         files = [f"--config={path}" for path in args.configs]  # jsonargparse's own file action
         cfg = parser.parse_args(files + argv)
         self.user_keys = user_keys(argv)  # read once: the overrides and the fine-tune need them
