@@ -272,7 +272,7 @@ class RobustCLI(LightningCLI):
 
         tr = self.config.tracking
         run_id = run_to_adopt(tr.run_id or self.resume_run_id, True, tr.parent_run_id)
-        if not run_id:
+        if not run_id or not launch_rank_zero():  # DDP ranks > 0 write nothing
             return
         run = check_adoptable(client(), run_id, self.config_hash, tr.experiment)
         if self.command == "fit" and run.info.status == "FINISHED":
@@ -416,6 +416,8 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
             runs = [existing_run(adopted)]
         else:
             runs = find_runs(cli.experiment_name(), f"tags.config_hash = '{cli.config_hash}'")
+            if launch_rank_zero():  # DDP ranks > 0 join the run of their rank 0
+                refuse_running_duplicate(runs)
         if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
             return None, None
         run_id = runs[0].info.run_id
@@ -429,8 +431,23 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
             f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
             "directory that ran it, or pass --tracking.checkpoint_dir"
         )
-    log.info("resuming MLflow run %s from %s", run_id, ckpt)
     return run_id, str(ckpt)
+
+
+def refuse_running_duplicate(runs) -> None:
+    """Refuse to start the command that a live process of this host is running already."""
+    import os
+
+    from robust_ft.tracking import TrackingError, owner_alive
+
+    for run in runs:
+        mine = run.data.tags.get("pid") == str(os.getpid())
+        if run.info.status == "RUNNING" and not mine and owner_alive(run.data.tags):
+            raise TrackingError(
+                f"the same command is already running: MLflow run {run.info.run_id} of this "
+                f"config is being written by process {run.data.tags['pid']}; wait for it to end "
+                "or stop it, or change a setting (e.g. --seed_everything) to start another run"
+            )
 
 
 # option -> (the stage it empties, where its value is in the config)
@@ -562,6 +579,8 @@ def run(
         mark_running=cli.resume_run_id is None,
         active=launch_rank_zero(),
     ) as tracked:
+        if cli.resume_run_id and tracked.run_id:  # claimed: this process continues it
+            log.info("resuming MLflow run %s from %s", cli.resume_run_id, cli.resume_ckpt)
         trainer = cli.build_trainer(tracked.run_id, callbacks)
         _execute(cli, trainer, summary)
         if trainer.is_global_zero:
