@@ -74,7 +74,18 @@ def redact(url: str) -> str:
     except Exception:  # noqa: BLE001 - any unparsable URL: show no part that may be secret
         return f"{url.partition('://')[0]}://{HIDDEN}"
     query = {k: (HIDDEN if _secret_query(k) else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True)
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return _hide_raw_at(shown.replace(quote(HIDDEN, safe=""), HIDDEN))
+
+
+def _hide_raw_at(shown: str) -> str:
+    """``u:***@ss@h/db`` (a raw '@' in the password, which the parser split) -> ``u:***@h/db``."""
+    scheme, _, rest = shown.partition("://")
+    head, q, query = rest.partition("?")
+    if head.count("@") <= 1:
+        return shown
+    user = head.partition(":")[0]
+    return f"{scheme}://{user}:{HIDDEN}@{head.rsplit('@', 1)[1]}{q}{query}"
 
 
 def secrets_of(url: str | None) -> list[str]:
@@ -98,7 +109,7 @@ def secrets_of(url: str | None) -> list[str]:
                     found += [v] if isinstance(v, str) else list(v)
     if "://" in url and "@" in url.partition("://")[2]:  # whatever a parser may have missed
         userinfo = url.partition("://")[2].rpartition("@")[0]
-        found.append(userinfo.partition(":")[2] or userinfo)
+        found.append(userinfo.partition(":")[2] or (userinfo if _is_http(url) else ""))
     out = {s for f in found if f for s in (f, unquote(f), quote(f, safe=""))}
     return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)
 
