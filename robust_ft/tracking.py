@@ -31,6 +31,9 @@ from robust_ft.stores import (  # noqa: F401 - the store's part of tracking, re-
 
 ARTIFACT_CKPT_DIR = "checkpoints"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow's own "View run ... at <tracking URI>" line would show the URI's password; robust-ft
+# prints where the run is itself, redacted.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -82,3 +82,75 @@ def test_console_lines_are_scrubbed(monkeypatch, capsys):
     logging.getLogger("robust_ft").info("store %s, password %s", url, SECRET)
     err = capsys.readouterr().err
     assert "robust:***@db/mlflow" in err and SECRET not in err and ENC not in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # an `mlflow server` and a tiny fit and test through it: ~1 min
+def test_no_secret_of_the_tracking_uri_in_a_real_runs_output_params_tags_or_artifacts(tmp_path):
+    """Credentials in an http(s) tracking URI (``user:password@``): the fit's and test's console,
+    the run's params, tags and artifacts, and every file written hold none of them."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from conftest import CONF, synthetic_args
+    from mlflow.tracking import MlflowClient
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'server.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow server"
+                time.sleep(1)
+        uri = f"http://alice:{ENC}@127.0.0.1:{port}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+        env.pop("MLFLOW_RUN_ID", None)
+        base = [sys.executable, "-m", "robust_ft"]
+        args = ["--config", str(CONF / "lenet5_mnist.yaml"),
+                *synthetic_args(n_train=64, n_test=32), "--tracking.log_model", "false"]  # fmt: skip
+        out = ""
+        for cmd in (["fit", *args, "--trainer.max_epochs", "1"], ["test", *args]):
+            r = subprocess.run(base + cmd, cwd=work, env=env, capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+            assert r.returncode == 0, r.stderr[-3000:]
+            out += r.stdout + r.stderr
+        assert "alice:***@127.0.0.1" in out or "open http://alice:***@" in out, out[-2000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        exp = client.get_experiment_by_name("lenet5-synthetic")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 2
+        stored = repr([(r.data.params, r.data.tags) for r in runs])
+        for run in runs:
+            for f in client.list_artifacts(run.info.run_id):
+                if not f.is_dir:
+                    local = client.download_artifacts(run.info.run_id, f.path, str(tmp_path))
+                    stored += Path(local).read_text(errors="ignore")
+        written = "".join(p.read_text(errors="ignore") for p in work.rglob("*") if p.is_file())
+        for text in (out, stored, written):
+            assert SECRET not in text and ENC not in text and "s3cr" not in text
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
