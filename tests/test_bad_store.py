@@ -222,3 +222,49 @@ def test_store_and_history_bad_input(store, workdir, monkeypatch, capsys, case):
     assert not leftovers, leftovers
     written = "".join(p.read_text(errors="ignore") for p in workdir.rglob("*.log"))
     assert _secret_free(written) and _secret_free(repr(after))
+
+
+TINY_SWEEP = ["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus", "--levels", "0,2",
+              "--first-n", "1", "--budget", "demo", "--name", "dup"]  # fmt: skip
+
+
+@pytest.mark.slow  # a sweep in another process must get going first: ~30-60 s
+def test_a_duplicate_of_a_running_sweep_is_refused_and_writes_nothing(workdir, capsys):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    log = open(workdir / "first.log", "w")  # noqa: SIM115 - closed below
+    first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *TINY_SWEEP],
+                             cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                             preexec_fn=lambda: os.nice(19))  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (parent := _running_parent(client)):
+            assert first.poll() is None, (workdir / "first.log").read_text()[-2000:]
+            assert time.time() < deadline, "the first sweep did not start"
+            time.sleep(0.5)
+        before = snapshot(uri)[parent]
+        start = time.monotonic()
+        with pytest.raises(SystemExit) as exc:
+            main(["sweep", *TINY_SWEEP])
+        took = time.monotonic() - start
+        assert snapshot(uri)[parent] == before
+        mine = client.search_runs(
+            [client.get_experiment_by_name(EXP).experiment_id], f"tags.pid = '{os.getpid()}'"
+        )
+        assert not mine
+    finally:
+        first.kill()
+        first.wait()
+        log.close()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert re.search(f"MLflow run {parent} is being written by process {first.pid}", err), err
+    assert took < LIMIT_S, f"{took:.1f} s"
+
+
+def _running_parent(client: MlflowClient) -> str | None:
+    exp = client.get_experiment_by_name(EXP)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")
+    return runs[0].info.run_id if runs and runs[0].info.status == "RUNNING" else None
