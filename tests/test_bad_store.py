@@ -268,3 +268,40 @@ def _running_parent(client: MlflowClient) -> str | None:
         return None
     runs = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")
     return runs[0].info.run_id if runs and runs[0].info.status == "RUNNING" else None
+
+
+RO_SCRIPT = """
+import sys, time
+import robust_ft.runner  # imported before the clock starts, as in the in-process cases
+from robust_ft.cli import main
+start = time.monotonic()
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print(f"exit {e.code} after {time.monotonic() - start:.1f} s", file=sys.stderr)
+"""
+
+
+def test_a_read_only_working_directory_is_refused_with_the_fix(tmp_path):
+    """The default store is ``mlflow.db`` in the working directory: a read-only one (a bind mount
+    remounted read-only, which binds root too) is named, with the fix, before anything runs."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    argv = ["fit", *LENET, *synthetic_args(n_train=64, n_test=32)[:-2],
+            "--data.init_args.root", str(tmp_path / "data")]  # fmt: skip
+    inner = (f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} {ro} && cd {ro} && "
+             f"exec {sys.executable} -c '{RO_SCRIPT}' " + " ".join(argv))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("needs unshare -m (root or CAP_SYS_ADMIN) for a read-only mount")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", inner], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "exit 2 after" in r.stderr, r.stderr[-2000:]
+    assert re.search(f"cannot open the MLflow store sqlite:///{ro}/mlflow.db: its directory {ro} "
+                     "is not writable.*run from a writable directory", r.stderr), r.stderr  # fmt: skip
+    assert "Traceback" not in r.stderr
+    took = float(re.search(r"exit 2 after ([\d.]+) s", r.stderr)[1])
+    assert took < LIMIT_S
+    assert not list(ro.iterdir()) and not (tmp_path / "data").exists()
