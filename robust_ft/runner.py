@@ -579,7 +579,7 @@ def run(
         mark_running=cli.resume_run_id is None,
         active=launch_rank_zero(),
     ) as tracked:
-        if cli.resume_run_id and tracked.run_id:  # claimed: this process continues it
+        if cli.resume_run_id:  # claimed (rank 0), or joining rank 0 (DDP ranks > 0)
             log.info("resuming MLflow run %s from %s", cli.resume_run_id, cli.resume_ckpt)
         trainer = cli.build_trainer(tracked.run_id, callbacks)
         _execute(cli, trainer, summary)
