@@ -275,12 +275,18 @@ class RobustCLI(LightningCLI):
         if not run_id or not launch_rank_zero():  # DDP ranks > 0 write nothing
             return
         run = check_adoptable(client(), run_id, self.config_hash, tr.experiment)
-        if self.command == "fit" and run.info.status == "FINISHED":
-            raise TrackingError(
-                f"MLflow run {run_id} already FINISHED this fit; there is nothing to continue and "
-                "it is left unchanged. Leave --tracking.run_id / MLFLOW_RUN_ID out to train again "
-                "as a new run"
-            )
+        if self.command != "fit" or self.resume_ckpt:
+            return
+        if run.info.status == "FINISHED":
+            why = "already FINISHED this fit; there is nothing to continue"
+        elif run.data.metrics:
+            why = "holds an earlier attempt's metrics but no checkpoint here to resume from"
+        else:
+            return
+        raise TrackingError(
+            f"MLflow run {run_id} {why}, and is left unchanged. Leave --tracking.run_id / "
+            "MLFLOW_RUN_ID out to train again as a new run"
+        )
 
     def n_layers(self) -> int:
         from robust_ft.models import n_param_layers

@@ -108,12 +108,22 @@ def _dead_pid() -> str:
     return out.stdout.strip()
 
 
-def _owned_by(s: Store, pid: str, config_hash: str) -> str:
+def _owned_by(s: Store, pid: str, config_hash: str, metrics: bool = False) -> str:
     run = s.client.create_run(
         s.client.get_experiment_by_name(EXP).experiment_id,
         tags={"host": socket.gethostname(), "pid": pid, "config_hash": config_hash},
     )
+    if metrics:
+        s.client.log_metric(run.info.run_id, "val/err", 50.0, step=0)
     return run.info.run_id
+
+
+def _with_ckpt(w: Path, run_id: str) -> str:
+    """A run id whose ``last.ckpt`` is where ``--tracking.resume`` looks for it."""
+    ckpt = w / "outputs" / "checkpoints" / run_id / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not really")
+    return run_id
 
 
 def _env(mp, **values):
@@ -140,6 +150,8 @@ CASES = [
     ("unknown-run-id-option", lambda w, s, mp, p: [*FIT, "--tracking.run_id", "nope"], "run nope does not exist", "refused"),
     ("mlflow-run-id-of-run-a-live-process-writes", lambda w, s, mp, p: (_env(mp, MLFLOW_RUN_ID=_owned_by(s, str(p.append(_sleeper()) or p[-1].pid), _hash(FIT))), FIT)[1], "being written by process", "refused"),
     ("mlflow-run-id-of-dead-owner-other-config", lambda w, s, mp, p: (_env(mp, MLFLOW_RUN_ID=_owned_by(s, _dead_pid(), "1" * 16)), FIT)[1], "made by another config", "reaped"),
+    ("resume-a-run-of-another-config", lambda w, s, mp, p: [*FIT, "--tracking.resume", _with_ckpt(w, s.finished_other)], "made by another config", "refused"),
+    ("mlflow-run-id-of-dead-owner-same-config-no-checkpoint", lambda w, s, mp, p: (_env(mp, MLFLOW_RUN_ID=_owned_by(s, _dead_pid(), _hash(FIT), metrics=True)), FIT)[1], "earlier attempt's metrics but no checkpoint", "reaped"),
     ("test-into-a-fit-run", lambda w, s, mp, p: ["test", *LENET, *SYN, "--tracking.run_id", s.finished_same], "made by another config", "refused"),
     # --- runs that would do nothing
     ("max-epochs-0", lambda w, s, mp, p: [*FIT, "--trainer.max_epochs", "0"], "--trainer.max_epochs 0 leaves `fit` nothing to train", "refused"),
