@@ -119,3 +119,28 @@ def test_two_reruns_of_a_killed_command_at_once_one_resumes_the_other_is_refused
     assert run.info.status == "FINISHED"
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/err")]
     assert len(epochs) == len(set(epochs)) == 4  # every epoch logged once, none twice
+
+
+def test_latest_takes_the_newest_finished_pretrain_with_a_checkpoint_and_says_so(workdir, caplog):
+    """A newer FINISHED pre-train without a checkpoint (or one that failed) is passed over."""
+    import logging
+
+    from conftest import run_cli
+
+    from robust_ft.tracking import resolve_checkpoint
+
+    fit = ["fit", "--config", str(CONF / "lenet5_mnist.yaml"), *synthetic_args(n_train=64, n_test=32),
+           "--trainer.max_epochs", "1", "--tracking.log_model", "false"]  # fmt: skip
+    real = run_cli(fit)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("lenet5-synthetic").experiment_id
+    tags = {"method": "pretrain", "model": "lenet5", "dataset": "synthetic"}
+    for status in ("FINISHED", "FAILED"):  # newer, but no checkpoint / not finished
+        client.set_terminated(client.create_run(exp, tags=tags).info.run_id, status)
+    with caplog.at_level(logging.INFO, logger="robust_ft"):
+        path, run_id = resolve_checkpoint(
+            "latest", "lenet5-synthetic", workdir / "init", match={"model": "lenet5"}
+        )
+    assert run_id == real.run_id and path.name == "best.ckpt" and path.exists()
+    lines = [r.getMessage() for r in caplog.records if r.name == "robust_ft"]
+    assert any(f"init_from latest: pre-train run {real.run_id}" in x for x in lines), lines
