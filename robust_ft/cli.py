@@ -63,6 +63,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         from mlflow.exceptions import MlflowException
 
         errors += (MlflowException,)
+    if "lightning" in sys.modules:  # a Trainer setting Lightning refuses (max_epochs -5)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errors += (MisconfigurationException,)
     return errors
 
 

@@ -184,8 +184,10 @@ def check_store(uri: str) -> None:
     if scheme in ("http", "https"):
         return check_reachable(uri)
     if scheme not in SQL_SCHEMES:
-        if scheme in ("", "file", "databricks", "databricks-uc", "uc"):
-            return None  # a local file store or a hosted service: MLflow says what is wrong
+        if scheme in ("", "file"):
+            return check_file_store(uri)
+        if scheme in ("databricks", "databricks-uc", "uc"):
+            return None  # a hosted service: MLflow says what is wrong
         raise TrackingError(
             f"MLFLOW_TRACKING_URI {redact(uri)} has an unknown scheme {scheme!r}; use {URI_FORMS}"
         )
@@ -224,6 +226,26 @@ def check_sqlite_file(db: str | None, shown: str) -> None:
         problem = f"{path} is not an SQLite database"
     if problem:
         raise TrackingError(f"cannot open the MLflow store {shown}: {problem}; {fix}")
+
+
+def check_file_store(uri: str) -> None:
+    """The directory of a file store (``file:///path`` or a plain path) exists or can be made."""
+    from urllib.parse import urlsplit
+
+    path = Path(unquote(urlsplit(uri).path) if uri.startswith("file:") else uri)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise TrackingError(
+            f"cannot open the MLflow file store {uri}: {problem}; point MLFLOW_TRACKING_URI at a "
+            "writable directory or an SQLite file (sqlite:////abs/path/mlflow.db)"
+        )
 
 
 def _head(path: Path) -> bytes:

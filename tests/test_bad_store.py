@@ -172,6 +172,8 @@ CASES = [
     ("sqlite-store-is-a-directory", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=f"sqlite:///{w}"), FIT)[1], "is a directory, not an SQLite file", "refused"),
     ("sqlite-store-directory-missing", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=f"sqlite:///{w}/no/such/dir/m.db"), FIT)[1], "directory .*no/such/dir does not exist", "refused"),
     ("sqlite-store-not-a-database", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=_garbage_db(w)), FIT)[1], "is not an SQLite database", "refused"),
+    ("file-store-under-a-file", lambda w, s, mp, p: ((w / "afile").write_text("x"), _env(mp, MLFLOW_TRACKING_URI=f"file://{w}/afile/mlruns"), FIT)[2], "afile is a file, not a directory", "refused"),
+    ("max-epochs-below-minus-one", lambda w, s, mp, p: [*FIT, "--trainer.max_epochs", "-5"], "max_epochs", "any"),
     ("tracking-uri-unknown-scheme", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=f"mongo://u:{PW}@h/db"), FIT)[1], "unknown scheme 'mongo'", "refused"),
     ("tracking-uri-bad-port", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=f"postgresql://u:{PW}@127.0.0.1:port/db"), FIT)[1], "is not a database URL", "refused"),
     ("postgres-server-down", lambda w, s, mp, p: (_env(mp, MLFLOW_TRACKING_URI=f"postgresql+psycopg://robust:{PW}@127.0.0.1:{_closed_port()}/mlflow?sslpassword={PW}"), FIT)[1], "cannot open the database postgresql\\+psycopg://robust:\\*\\*\\*@127.0.0.1.*ROBUST_FT_CONNECT_TIMEOUT", "refused"),
