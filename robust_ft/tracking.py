@@ -161,7 +161,9 @@ def tracked_run(
 
     The run is ``run_id`` when given, else ``MLFLOW_RUN_ID`` (``mlflow run``) when ``adopt_env``
     and the run is not nested (``.experiment`` is then the adopted run's), else a new run (a
-    nested child of ``parent_run_id`` when given).
+    nested child of ``parent_run_id`` when given). An existing run is adopted only by the same
+    config (``tags["config_hash"]``) and claimed atomically through the store before anything is
+    written to it (``ownership.claim_run``); otherwise TrackingError, the run left unchanged.
     Ends FINISHED (a stale ``error`` tag of an earlier attempt is removed), KILLED on SIGINT or
     SIGTERM at any moment of the block, or FAILED with an ``error`` tag. ``active=False`` (DDP
     ranks > 0) yields a run without an id and writes nothing. ``mark_running=False`` leaves an
