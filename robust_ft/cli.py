@@ -58,7 +58,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: one line, exit code 2 (``ROBUST_FT_DEBUG=1``: traceback)."""
     from robust_ft.tracking import TrackingError
 
-    return (ValueError, FileNotFoundError, TrackingError)
+    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TrackingError)
+    if "mlflow" in sys.modules:  # a store refusing a write says what, in one line
+        from mlflow.exceptions import MlflowException
+
+        errors += (MlflowException,)
+    if "lightning" in sys.modules:  # a Trainer setting Lightning refuses (max_epochs -5)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errors += (MisconfigurationException,)
+    return errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,8 +109,21 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if os.environ.get("ROBUST_FT_DEBUG") or not isinstance(e, _user_errors()):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from robust_ft.stores import scrub
+
+        print(f"error: {scrub(str(e), _urls(rest))}", file=sys.stderr)
         sys.exit(2)
+
+
+def _urls(argv: list[str]) -> list[str | None]:
+    """The URLs whose secrets no message may show: the tracking URI and ``--storage``."""
+    urls = [os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("OPTUNA_STORAGE")]
+    for i, a in enumerate(argv):
+        if a == "--storage" and i + 1 < len(argv):
+            urls.append(argv[i + 1])
+        elif a.startswith("--storage="):
+            urls.append(a.partition("=")[2])
+    return urls
 
 
 def _exit_interrupted() -> None:

@@ -25,9 +25,18 @@ def console_logging() -> None:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_scrub_secrets)
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def _scrub_secrets(record: logging.LogRecord) -> bool:
+    """A console line never shows a secret of the tracking URI or Optuna storage."""
+    from robust_ft.stores import scrub
+
+    record.msg, record.args = scrub(record.getMessage()), None
+    return True
 
 
 _quiet = {"on": False}

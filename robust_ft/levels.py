@@ -22,6 +22,29 @@ _TAG = re.compile(r"^L(?:U([0-9.]+)-([0-9.]+)|([0-9.]+))$")  # level_tag's form:
 _LEVEL_FORMS = "a number >= 0 (2, 2.5, '2', 'L2') or a range (0, 4), [0, 4], 'U(0,4)', 'LU0-4'"
 
 
+MAX_LEVEL = {"motion": 20.0, "defocus": 20.0, "noise": 255.0}
+"""The valid range of a level is [0, MAX_LEVEL[kind]]; the paper's axes run 0..4.
+
+motion: a random walk of ``round(level)`` steps, a kernel of up to 41x41; defocus: a disc of
+radius ``level``, up to 41x41 (wider blurs any image of the datasets to its mean); noise:
+sigma on the 0..255 scale, at most the whole scale. ``combined`` applies each at one level, so
+its bound is the smallest of its stages'.
+"""
+
+
+def check_range(kind: str, level: Level) -> Level:
+    """``level`` (a number or a range) if it lies in the valid range of ``kind``, else ValueError."""
+    stages = ("motion", "defocus", "noise") if kind == "combined" else (kind,)
+    top = min(MAX_LEVEL.get(k, math.inf) for k in stages)
+    high = level[1] if isinstance(level, tuple) else level
+    if high > top:
+        raise ValueError(
+            f"level {level_text(level)} is out of range for {kind}: its levels run from 0 to "
+            f"{top:g} (the paper's from 0 to 4)"
+        )
+    return level
+
+
 def check_level(value: Any, what: str = "level") -> float:
     """A finite number >= 0 as float, else ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

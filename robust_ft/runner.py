@@ -137,6 +137,36 @@ def user_keys(argv: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def config_files(argv: Sequence[str]) -> list[str]:
+    """The files of ``--config``/``-c`` options of a command line."""
+    out = []
+    for i, token in enumerate(argv):
+        if token in ("--config", "-c") and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif token.startswith("--config="):
+            out.append(token.partition("=")[2])
+    return out
+
+
+def check_yaml_files(paths: Sequence[str | Path]) -> None:
+    """Refuse a config file that does not exist or is not YAML, naming the file and the line."""
+    import yaml
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(
+                f"config file {path} is not valid YAML{where} ({problem}); fix it, or compare "
+                "with the configs in conf/"
+            ) from None
+
+
 def same_setting(key: str) -> str:
     """``data.init_args.val_split`` and ``data.val_split`` name one setting (as on the command
     line): the key without ``init_args``."""
@@ -203,10 +233,8 @@ class RobustCLI(LightningCLI):
         """Config files and the user's flags as the console parses them, then the overrides the
         user did not set and the fixed ones (last: jsonargparse cannot parse flags over a
         ``parse_object`` result, so all overrides go in one ``parse_object``)."""
-        for path in args.configs:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"config file {path} does not exist; see conf/ for them")
         argv = list(args.argv or [])
+        check_yaml_files([*args.configs, *config_files(argv)])
         files = [f"--config={path}" for path in args.configs]  # jsonargparse's own file action
         cfg = parser.parse_args(files + argv)
         self.user_keys = user_keys(argv)  # read once: the overrides and the fine-tune need them
@@ -220,8 +248,8 @@ class RobustCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Resolve ``model.init_from`` (run id, runs:/, latest), a resume, the fine-tune epochs."""
         from robust_ft.tracking import (
-            check_reachable,
             default_tracking_uri,
+            open_store,
             reap_dead_runs,
             resolve_checkpoint,
         )
@@ -231,9 +259,11 @@ class RobustCLI(LightningCLI):
         self.config_hash = self._config_hash()
         if not self.spec.instantiate:
             return
-        check_reachable(default_tracking_uri())
+        check_does_something(cfg, self.command)
+        open_store(default_tracking_uri())
         reap_dead_runs(self.experiment_name())
         self.resume_run_id, self.resume_ckpt = find_resume(self)
+        self.check_adoption()
         ref = cfg.model.init_from
         if ref:
             match = {"model": cfg.model.arch, "dataset": self.dataset_name()}
@@ -241,6 +271,28 @@ class RobustCLI(LightningCLI):
             cfg.model.init_from = str(path)
         if self.command == "fit" and is_finetune(cfg.model.first_n, self.n_layers(), ref):
             finetune_schedule(cfg, self.user_keys, self.spec.fixed)
+
+    def check_adoption(self) -> None:
+        """Refuse, before anything is written, to continue a run this command may not write."""
+        from robust_ft.tracking import TrackingError, check_adoptable, client, run_to_adopt
+
+        tr = self.config.tracking
+        run_id = run_to_adopt(tr.run_id or self.resume_run_id, True, tr.parent_run_id)
+        if not run_id or not launch_rank_zero():  # DDP ranks > 0 write nothing
+            return
+        run = check_adoptable(client(), run_id, self.config_hash, tr.experiment)
+        if self.command != "fit" or self.resume_ckpt:
+            return
+        if run.info.status == "FINISHED":
+            why = "already FINISHED this fit; there is nothing to continue"
+        elif run.data.metrics:
+            why = "holds an earlier attempt's metrics but no checkpoint here to resume from"
+        else:
+            return
+        raise TrackingError(
+            f"MLflow run {run_id} {why}, and is left unchanged. Leave --tracking.run_id / "
+            "MLFLOW_RUN_ID out to train again as a new run"
+        )
 
     def n_layers(self) -> int:
         from robust_ft.models import n_param_layers
@@ -364,14 +416,20 @@ def finetune_schedule(
 
 def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
     """(run id, last checkpoint) of the FAILED/KILLED run of the same config this fit continues."""
-    from robust_ft.tracking import TrackingError, find_runs
+    from robust_ft.tracking import TrackingError, existing_run, find_runs, run_to_adopt
 
     cfg = cli.config
     mode = cfg.tracking.resume
     if cli.command != "fit" or mode == "never" or cfg.get("ckpt_path"):
         return None, None
     if mode == "auto":
-        runs = find_runs(cli.experiment_name(), f"tags.config_hash = '{cli.config_hash}'")
+        adopted = run_to_adopt(cfg.tracking.run_id, True, cfg.tracking.parent_run_id)
+        if adopted:  # the run given (--tracking.run_id, MLFLOW_RUN_ID), if it was interrupted
+            runs = [existing_run(adopted)]
+        else:
+            runs = find_runs(cli.experiment_name(), f"tags.config_hash = '{cli.config_hash}'")
+            if launch_rank_zero():  # DDP ranks > 0 join the run of their rank 0
+                refuse_running_duplicate(runs)
         if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
             return None, None
         run_id = runs[0].info.run_id
@@ -385,8 +443,59 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
             f"cannot resume run {run_id}: no checkpoint {ckpt}; resume from the machine and "
             "directory that ran it, or pass --tracking.checkpoint_dir"
         )
-    log.info("resuming MLflow run %s from %s", run_id, ckpt)
     return run_id, str(ckpt)
+
+
+def refuse_running_duplicate(runs) -> None:
+    """Refuse to start the command that a live process of this host is running already."""
+    import os
+
+    from robust_ft.tracking import TrackingError, owner_alive
+
+    for run in runs:
+        mine = run.data.tags.get("pid") == str(os.getpid())
+        if run.info.status == "RUNNING" and not mine and owner_alive(run.data.tags):
+            raise TrackingError(
+                f"the same command is already running: MLflow run {run.info.run_id} of this "
+                f"config is being written by process {run.data.tags['pid']}; wait for it to end "
+                "or stop it, or change a setting (e.g. --seed_everything) to start another run"
+            )
+
+
+# option -> (the stage it empties, where its value is in the config)
+EMPTYING = {
+    "max_epochs": ("train", "trainer"),
+    "max_steps": ("train", "trainer"),
+    "limit_train_batches": ("train", "trainer"),
+    "train_subset": ("train", "data"),
+    "limit_test_batches": ("test", "trainer"),
+    "test_subset": ("test", "data"),
+    "limit_val_batches": ("val", "trainer"),
+}
+
+
+def check_does_something(cfg, command: str) -> None:
+    """Refuse, up front, settings under which a fit trains nothing or a test tests nothing."""
+    stages = {"fit": {"train", "test"}, "test": {"test"}, "validate": {"val"}}[command]
+    if command == "fit" and not cfg.tracking.test_after_fit:
+        stages = {"train"}
+    where = {"trainer": cfg.trainer, "data": cfg.data.get("init_args") or {}}
+    for key, (stage, section) in EMPTYING.items():
+        if stage in stages and _none(where[section], key):
+            raise ValueError(
+                f"--{section}.{key} {where[section].get(key)} leaves `{command}` nothing to "
+                f"{'train' if stage == 'train' else 'evaluate'} (it would end as a run that did "
+                "nothing); give a positive value, or leave the option out"
+            )
+
+
+def _none(options, key: str) -> bool:
+    """Whether a count or fraction option is set to none (None: unset; -1 epochs or steps: no
+    limit)."""
+    value = options.get(key)
+    if value is None or isinstance(value, bool):
+        return False
+    return value == 0 if key in ("max_epochs", "max_steps") else value <= 0
 
 
 def run_tags(cli: RobustCLI) -> dict[str, str]:
@@ -483,8 +592,12 @@ def run(
         mark_running=cli.resume_run_id is None,
         active=launch_rank_zero(),
     ) as tracked:
+        if cli.resume_run_id:  # claimed (rank 0), or joining rank 0 (DDP ranks > 0)
+            log.info("resuming MLflow run %s from %s", cli.resume_run_id, cli.resume_ckpt)
         trainer = cli.build_trainer(tracked.run_id, callbacks)
         _execute(cli, trainer, summary)
+        if trainer.is_global_zero:
+            _check_tested(cli, trainer)
         if trainer.is_global_zero and tracked.run_id:
             _log_outputs(cli, trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -507,6 +620,11 @@ def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
     else:
         ckpt = cfg.get("ckpt_path") or cli.resume_ckpt
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+        if trainer.global_step == 0 and not trainer.interrupted:
+            raise ValueError(
+                "fit trained on no batch: the training split is empty (check --data.val_split, "
+                "--data.train_subset and the dataset); the run is marked FAILED"
+            )
         if trainer.fast_dev_run:
             trainer.test(model, datamodule=dm, verbose=verbose)
         elif cfg.tracking.test_after_fit:  # the best checkpoint (the last one without val/err)
@@ -518,6 +636,17 @@ def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
                 # state of the best epoch too, and ModelCheckpoint would forget last.ckpt.
                 load_net_weights(model.net, best)
             trainer.test(model, datamodule=dm, verbose=verbose)
+
+
+def _check_tested(cli: RobustCLI, trainer) -> None:
+    """A test that evaluated no image is an error, not a FINISHED run without results."""
+    tested = any(k.startswith("test/err") for k in trainer.callback_metrics)
+    wanted = cli.command == "test" or (cli.command == "fit" and cli.config.tracking.test_after_fit)
+    if wanted and not tested and not trainer.fast_dev_run:
+        raise ValueError(
+            "the test evaluated no image: the test split is empty (check --data.test_subset "
+            "and the dataset); the run is marked FAILED"
+        )
 
 
 def _log_outputs(cli: RobustCLI, trainer) -> None:

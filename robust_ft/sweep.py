@@ -436,7 +436,13 @@ def parent_run_args(client, sw: Sweep) -> dict[str, Any]:
         "experiment": sw.experiment_name,
         "run_name": sw.name,
         "run_id": parent.info.run_id if parent is not None else None,
-        "tags": {"sweep": sw.name, "sweep_key": sw.key, "sweep_role": "parent", "method": "sweep"},
+        "tags": {
+            "sweep": sw.name,
+            "sweep_key": sw.key,
+            "sweep_role": "parent",
+            "method": "sweep",
+            "config_hash": sw.key,
+        },
         "params": params if parent is None else None,
     }
 

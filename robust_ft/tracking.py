@@ -5,88 +5,35 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robust_ft.ownership import (  # noqa: F401 - who may write a run, re-exported
+    check_adoptable,
+    claim_run,
+    live_owner,
+    owner_alive,
+    process_tags,
+    run_to_adopt,
+)
+from robust_ft.stores import (  # noqa: F401 - the store's part of tracking, re-exported
+    TrackingError,
+    check_reachable,
+    default_tracking_uri,
+    open_store,
+    redact,
+    scrub,
+    ui_command,
+)
+
 ARTIFACT_CKPT_DIR = "checkpoints"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or a run reference is wrong."""
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else a SQLite file ``mlflow.db`` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def redact(url: str) -> str:
-    """A URL (tracking URI, Optuna storage) without its password, for messages, logs and MLflow.
-
-    ``user:password@`` keeps the user; a bare ``token@`` of an http(s) URL is hidden whole.
-    Database URLs are rendered by SQLAlchemy, the parser their drivers use.
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    if not url.startswith(("http://", "https://", "journal:")):
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        with contextlib.suppress(ArgumentError, ValueError):
-            return make_url(url).render_as_string(hide_password=True)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.rsplit("@", 1)[-1]
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user, colon, _ = userinfo.partition(":")
-    if colon:
-        userinfo = f"{user}:***"
-    elif parts.scheme in ("http", "https"):
-        userinfo = "***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
-
-
-def ui_command(uri: str | None = None) -> str:
-    """The one command that opens the MLflow UI on a store, runnable from any directory.
-
-    A store URI with a password is referred to as ``"$MLFLOW_TRACKING_URI"``, never printed.
-    """
-    import shutil
-    import sys
-
-    uri = uri or default_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return f"open {redact(uri)} in a browser"
-    beside = Path(sys.executable).parent / "mlflow"  # this environment's, wherever the user is
-    mlflow = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
-    store = '"$MLFLOW_TRACKING_URI"' if redact(uri) != uri else uri
-    return f"{mlflow} ui --backend-store-uri {store} --port 5000"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast with a clear message when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
-    except (urllib.error.URLError, OSError) as e:
-        raise TrackingError(
-            f"MLflow tracking server {redact(uri)} is unreachable ({e}); start it (`mlflow server`), fix "
-            "MLFLOW_TRACKING_URI, or unset it to use the local SQLite store"
-        ) from e
+# MLflow's own "View run ... at <tracking URI>" line would show the URI's password; robust-ft
+# prints where the run is itself, redacted.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -214,7 +161,9 @@ def tracked_run(
 
     The run is ``run_id`` when given, else ``MLFLOW_RUN_ID`` (``mlflow run``) when ``adopt_env``
     and the run is not nested (``.experiment`` is then the adopted run's), else a new run (a
-    nested child of ``parent_run_id`` when given).
+    nested child of ``parent_run_id`` when given). An existing run is adopted only by the same
+    config (``tags["config_hash"]``) and claimed atomically through the store before anything is
+    written to it (``ownership.claim_run``); otherwise TrackingError, the run left unchanged.
     Ends FINISHED (a stale ``error`` tag of an earlier attempt is removed), KILLED on SIGINT or
     SIGTERM at any moment of the block, or FAILED with an ``error`` tag. ``active=False`` (DDP
     ranks > 0) yields a run without an id and writes nothing. ``mark_running=False`` leaves an
@@ -224,8 +173,7 @@ def tracked_run(
     if not active:
         yield TrackedRun(None, experiment, uri)
         return
-    if run_id is None and adopt_env and not parent_run_id:
-        run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    run_id = run_to_adopt(run_id, adopt_env, parent_run_id)
     all_tags = {**(tags or {}), **process_tags()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -257,11 +205,12 @@ def tracked_run(
 
 
 def _open_run(mlflow_client, experiment, run_id, run_name, tags, mark_running) -> TrackedRun:
-    """Adopt ``run_id`` (tags, name, RUNNING) or create a run in ``experiment``."""
+    """Adopt ``run_id`` (checked, claimed, then tags, name, RUNNING) or create a run."""
+    from mlflow.entities import RunTag
+
     if run_id:
-        adopted = _check_owner(mlflow_client, run_id)
-        for k, v in tags.items():
-            mlflow_client.set_tag(run_id, k, v)
+        adopted = claim_run(mlflow_client, run_id, tags.get("config_hash"))
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         if run_name:
             mlflow_client.update_run(run_id, name=run_name)
         if mark_running:
@@ -287,18 +236,6 @@ def _create_experiment(mlflow_client, name: str) -> str:
         return exp.experiment_id
 
 
-def _check_owner(mlflow_client, run_id: str):
-    """The run to adopt; refused when it is RUNNING and a live process on this host writes it."""
-    run = existing_run(run_id, mlflow_client)
-    pid = run.data.tags.get("pid", "")
-    if run.info.status == "RUNNING" and pid != str(os.getpid()) and owner_alive(run.data.tags):
-        raise TrackingError(
-            f"MLflow run {run_id} is being written by process {pid} on this host; wait for it to "
-            "end or stop it, then run the command again"
-        )
-    return run
-
-
 def existing_run(run_id: str, mlflow_client=None, missing: str | None = None):
     """The MLflow run ``run_id``, or a TrackingError that says what to check (``missing``)."""
     from mlflow.exceptions import MlflowException
@@ -314,33 +251,6 @@ def existing_run(run_id: str, mlflow_client=None, missing: str | None = None):
         raise TrackingError(f"MLflow run {run_id} does not exist in {store}; {hint}") from e
 
 
-def process_tags() -> dict[str, str]:
-    """Tags that tie a run to the process writing it (used to reap runs of dead processes)."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host lives (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def owner_alive(tags: Mapping[str, str]) -> bool | None:
-    """Whether the process named by a run's ``host``/``pid`` tags lives (None: another host)."""
-    pid = tags.get("pid", "")
-    if tags.get("host") != socket.gethostname() or not pid.isdigit():
-        return None
-    return int(pid) == os.getpid() or _alive(int(pid))
-
-
 def adopted_experiment(run_id: str | None, uri: str | None = None) -> str | None:
     """The experiment of the run a command adopts (``--tracking.run_id``, ``MLFLOW_RUN_ID``)."""
     if not run_id:
@@ -353,7 +263,9 @@ def client(uri: str | None = None):
     """An MlflowClient on ``uri``, by default the store every robust-ft command uses."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(uri or default_tracking_uri())
+    uri = uri or default_tracking_uri()
+    open_store(uri)  # fails fast with the fix; a fresh SQLite store is created under a lock
+    return MlflowClient(uri)
 
 
 def reap_dead_runs(experiment: str, uri: str | None = None) -> list[str]:
@@ -406,14 +318,7 @@ def resolve_checkpoint(
     if ref == "latest":
         where = "tags.method = 'pretrain' and attributes.status = 'FINISHED'"
         where += "".join(f" and tags.{k} = '{v}'" for k, v in (match or {}).items())
-        runs = find_runs(experiment, where, uri)
-        if not runs:
-            of = " of " + " and ".join(f"{k} {v}" for k, v in match.items()) if match else ""
-            raise TrackingError(
-                f"no finished clean pre-train run{of} in experiment {experiment!r} at {redact(uri)}; run "
-                "`mlflow run . -e pretrain ...` first or pass --model.init_from <run id or .ckpt>"
-            )
-        run_id, artifact = runs[0].info.run_id, f"{ARTIFACT_CKPT_DIR}/best.ckpt"
+        run_id, artifact = latest_pretrain(experiment, match, uri), f"{ARTIFACT_CKPT_DIR}/best.ckpt"
     elif ref.startswith("runs:/"):
         run_id, _, artifact = ref[len("runs:/") :].partition("/")
         artifact = artifact or f"{ARTIFACT_CKPT_DIR}/best.ckpt"
@@ -434,6 +339,37 @@ def resolve_checkpoint(
     except (MlflowException, OSError) as e:
         raise TrackingError(f"run {run_id} has no artifact {artifact}: {e}") from e
     return Path(local), run_id
+
+
+def latest_pretrain(experiment: str, match: Mapping[str, str] | None, uri: str) -> str:
+    """The newest FINISHED clean pre-train run with a best checkpoint; says which it picked."""
+    import logging
+
+    where = "tags.method = 'pretrain' and attributes.status = 'FINISHED'"
+    where += "".join(f" and tags.{k} = '{v}'" for k, v in (match or {}).items())
+    mlflow_client = client(uri)
+    for run in find_runs(experiment, where, uri):
+        files = {f.path for f in mlflow_client.list_artifacts(run.info.run_id, ARTIFACT_CKPT_DIR)}
+        if f"{ARTIFACT_CKPT_DIR}/best.ckpt" in files:
+            logging.getLogger("robust_ft").info(
+                "init_from latest: pre-train run %s (%s, ended %s) in experiment %r",
+                run.info.run_id, run.info.run_name, _when(run.info.end_time), experiment,
+            )  # fmt: skip
+            return run.info.run_id
+    of = " of " + " and ".join(f"{k} {v}" for k, v in match.items()) if match else ""
+    raise TrackingError(
+        f"no finished clean pre-train run{of} with a checkpoint in experiment {experiment!r} at "
+        f"{redact(uri)}; run `mlflow run . -e pretrain ...` first or pass --model.init_from "
+        "<run id or .ckpt>"
+    )
+
+
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if not ms:
+        return "?"
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
 def log_network(run_id: str, net, uri: str | None = None) -> None:

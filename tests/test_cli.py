@@ -329,7 +329,7 @@ def test_finetune_uses_the_main_schedule_flags_the_user_typed(workdir, pretraine
 
 
 # robust-ft's lines: its epoch lines, its resume notice, its own bar of distorting a split
-OWN_LINE = r"^(epoch \d+/\d+  .*|resuming MLflow run .*|distort \w+ L[\w.-]+: .*|\s*)$"
+OWN_LINE = r"^(epoch \d+/\d+  .*|resuming MLflow run .*|init_from latest: .*|distort \w+ L[\w.-]+: .*|\s*)$"
 
 
 def test_console_shows_only_robust_fts_lines(workdir):

@@ -241,3 +241,50 @@ def test_two_sweep_workers_share_cells_through_postgres(postgres, tmp_path, monk
 
 def plan_key(plan, client) -> str:
     return client.get_run(plan.parent).data.tags["sweep_key"]
+
+
+def test_no_secret_of_a_postgresql_store_in_console_params_tags_or_artifacts(postgres, tmp_path):
+    """A PostgreSQL store whose password holds every URL-special character (percent-encoded)
+    and a query-string secret: `fit` and `test` print, log and store none of them; the UI hint
+    refers to ``$MLFLOW_TRACKING_URI``."""
+    from urllib.parse import quote
+
+    import psycopg
+
+    hostport, password = postgres
+    host, port = hostport.split(":")
+    secret = "s3cr:t@/?#%pw-" + secrets.token_hex(4)
+    with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
+                         "dbname=mlflow", autocommit=True) as conn:  # fmt: skip
+        conn.execute(f"create role leaky login password '{secret}'")
+        conn.execute("create database leaky owner leaky")
+    uri = f"postgresql+psycopg://leaky:{quote(secret, safe='')}@{hostport}/leaky?sslmode=disable"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    synth = tmp_path / "synth.yaml"
+    synth.write_text(SYNTH_YAML)
+    base = [sys.executable, "-m", "robust_ft"]
+    args = ["--config", str(CONF / "lenet5_mnist.yaml"), "--config", str(synth),
+            "--tracking.log_model", "false"]  # fmt: skip
+    out = ""
+    for cmd in (["fit", *args, "--trainer.max_epochs", "1"], ["test", *args]):
+        r = subprocess.run(base + cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        out += r.stdout + r.stderr
+    assert '--backend-store-uri "$MLFLOW_TRACKING_URI"' in out, out[-2000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("lenet5-synthetic").experiment_id])
+    assert len(runs) == 2
+    stored = repr([(r.data.params, r.data.tags) for r in runs])
+    for run in runs:
+        for f in client.list_artifacts(run.info.run_id):
+            if not f.is_dir:
+                stored += Path(client.download_artifacts(run.info.run_id, f.path, str(tmp_path))
+                               ).read_text(errors="ignore")  # fmt: skip
+    written = "".join(
+        p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file() and
+        p.suffix not in (".ckpt", ".npy")
+    )  # fmt: skip
+    for text in (out, stored, written):
+        assert secret not in text and quote(secret, safe="") not in text and "s3cr" not in text

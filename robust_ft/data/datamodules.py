@@ -38,6 +38,7 @@ class Distortion:
 def _validated(kind: str | None, level: float | str) -> tuple[str | None, float | tuple]:
     """Check a (kind, level) pair against the distortion registry; clean when kind is None."""
     from robust_ft.data.distortions import KINDS, parse_level
+    from robust_ft.levels import check_range
 
     if kind in (None, "", "none", "clean"):
         return None, 0.0
@@ -45,7 +46,7 @@ def _validated(kind: str | None, level: float | str) -> tuple[str | None, float 
         raise ValueError(
             f"unknown distortion kind {kind!r}; accepted: {', '.join(KINDS)} (or none for clean)"
         )
-    return kind, parse_level(level)
+    return kind, check_range(kind, parse_level(level))
 
 
 def distortion_tag(kind: str | None, level: float | tuple) -> str:

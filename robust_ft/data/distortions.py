@@ -47,7 +47,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from robust_ft.levels import Level, LevelSpec, check_level, level_tag, parse_level  # noqa: F401
+from robust_ft.levels import (  # noqa: F401
+    Level,
+    LevelSpec,
+    check_level,
+    check_range,
+    level_tag,
+    parse_level,
+)
 
 NOISE_SIGMA_PER_LEVEL = 1.0
 """Noise std (0..255 scale) per unit of level: the paper's sigma in [0, 4] on integer 0..255 images."""
@@ -418,7 +425,7 @@ def distort(
     ``rng=None`` draws from a fresh, unseeded generator.
     """
     stages, image = _stages(kind), _check_image(image)
-    level, border = parse_level(level), _check_border(border)
+    level, border = check_range(kind, parse_level(level)), _check_border(border)
     rng = np.random.default_rng() if rng is None else rng
     integer = image.dtype == np.uint8
     x = image.astype(np.float64).reshape(image.shape[0], image.shape[1], -1)
@@ -529,7 +536,7 @@ def distort_array(
     """
     from tqdm.auto import tqdm
 
-    stages, level = _stages(kind), parse_level(level)
+    stages, level = _stages(kind), check_range(kind, parse_level(level))
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise ValueError(
             "images must be a uint8 numpy array (N,H,W) or (N,H,W,C), got "

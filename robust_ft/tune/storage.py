@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from robust_ft.tracking import redact
+from robust_ft.stores import connect_args, connect_timeout, redact, scrub
 
 RDB_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 STORAGE_FORMS = (
@@ -38,16 +38,20 @@ def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:
         raise ValueError(
-            f"--storage {url!r} is not a storage URL ({e}); use {STORAGE_FORMS}"
-        ) from e
+            f"--storage {redact(url)} is not a storage URL ({scrub(str(e), [url])}); "
+            f"use {STORAGE_FORMS}"
+        ) from None
     if dialect not in RDB_DIALECTS:
         raise ValueError(
-            f"--storage {url!r} is not a storage URL Optuna accepts; use {STORAGE_FORMS}"
+            f"--storage {redact(url)} is not a storage URL Optuna accepts; use {STORAGE_FORMS}"
         )
     if parsed.drivername == "postgresql" and _has("psycopg2") and not _has("psycopg"):
         # SQLAlchemy >= 2.1 defaults to psycopg 3; use the psycopg2 driver that is installed
         url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
     kwargs: dict[str, Any] = {}
+    args = connect_args(url, connect_timeout())  # a server that is down fails in seconds
+    if args:
+        kwargs["engine_kwargs"] = {"connect_args": args}
     if parsed.get_backend_name() == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # several workers wait
         if parsed.database and parsed.database != ":memory:":
@@ -66,7 +70,12 @@ def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
             "e.g. pip install psycopg2-binary for PostgreSQL or pymysql for MySQL"
         ) from e
     except SQLAlchemyError as e:
-        raise ValueError(f"cannot open --storage {redact(url)}: {str(e).splitlines()[0]}") from e
+        first = scrub(str(e).splitlines()[0], [url])
+        raise ValueError(
+            f"cannot open --storage {redact(url)}: {first}; check that the database server runs "
+            f"and the user and password (waited up to {connect_timeout():g} s, "
+            "ROBUST_FT_CONNECT_TIMEOUT sets it)"
+        ) from None
 
 
 def _journal(url: str) -> optuna.storages.JournalStorage:

@@ -46,9 +46,13 @@ def study_parent(
     or found it ended (a resumed study). While another worker owns it, a joining worker logs
     trials and progress to it and leaves its status to the owner.
     """
+    import hashlib
+
     name = study.study_name
+    key = {"config_hash": hashlib.sha256(f"study:{name}".encode()).hexdigest()[:16]}
     parent = None if created else wait_attr(study, PARENT_ATTR)
     if parent is None:  # a new study (or its creator died before making the run)
+        tags = {**tags, **key}
         with tracked_run(experiment, run_name=f"tune-{name}", tags=tags, params=params) as run:
             study.set_user_attr(PARENT_ATTR, run.run_id)
             yield run
@@ -66,7 +70,7 @@ def study_parent(
     if run.info.status == "RUNNING":  # another worker owns it
         yield TrackedRun(parent, exp, default_tracking_uri(), adopted=True)
         return
-    with tracked_run(exp, run_id=parent) as owned:
+    with tracked_run(exp, run_id=parent, tags=key) as owned:
         yield owned
 
 
