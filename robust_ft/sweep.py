@@ -558,7 +558,14 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
         print(describe(sw, p), flush=True)
         return p
     start = time.time()
-    with tracked_run(**parent_run_args(client, sw)) as parent:
+    args = parent_run_args(client, sw)
+    if workers.storage is not None and args["run_id"]:  # another machine's command runs it?
+        from robust_ft.ownership import live_owner
+
+        owner = live_owner(client.get_run(args["run_id"]))
+        if owner:
+            return _join(sw, args["run_id"], owner, workers, client)
+    with tracked_run(**args) as parent:
         try:
             view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
             p = plan(client, sw)
@@ -577,6 +584,19 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
     log.info(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}")
     log.info(f"[sweep] the runs table in the MLflow UI: {open_hint(default_tracking_uri(), view)}")
     return replace(plan(client, sw), parent=parent.run_id, todo=[])
+
+
+def _join(sw: Sweep, parent: str, owner: str, workers: Workers, client) -> Plan:
+    """Share the cells of a sweep that another command (machine) owns: this command's workers
+    take cells from the shared storage; the owner keeps the parent run and ends it."""
+    from robust_ft.stores import redact
+    from robust_ft.workers import run_workers
+
+    log.info(f"[sweep] {sw.name}: parent run {parent} is run by {owner}; {workers.n} worker(s) "
+             f"here share its cells through {redact(workers.storage)}")  # fmt: skip
+    run_workers(sw, parent, workers.storage, workers.n, workers.heartbeat)
+    log.info(f"[sweep] {sw.name}: no cell left to take; {owner} ends parent run {parent}")
+    return replace(plan(client, sw), parent=parent, todo=[])
 
 
 def _run_cells(sw: Sweep, p: Plan, parent: str) -> None:

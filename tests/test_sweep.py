@@ -274,6 +274,37 @@ def test_two_local_workers_share_the_cells(workdir):
 
 
 @pytest.mark.slow
+def test_a_second_machines_command_joins_the_running_sweep(workdir, caplog):
+    """The same sweep command started again with --storage while the first runs (as on a
+    second machine) shares its cells under the same parent run, which the first command owns
+    and ends."""
+    import logging
+
+    tests = os.path.dirname(__file__)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{tests}:{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    args = [*TINY, "--synthetic-size", "640,64", "--storage", f"sqlite:///{workdir / 'q.db'}",
+            *SLOW]  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *args], cwd=workdir,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    client = MlflowClient()
+    deadline = time.time() + 600
+    while not any(r.info.status == "RUNNING" for r in _children(client)):
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
+        time.sleep(0.2)
+    with caplog.at_level(logging.INFO, logger="robust_ft"):
+        joined = sweep.main(args)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert "is run by process" in caplog.text
+    runs = _one_finished_run_per_cell(client)
+    assert len(runs) == len(TINY_CELLS)  # nothing ran twice
+    assert {r.data.tags["pid"] for r in runs} == {str(first.pid), str(os.getpid())}
+    parent = client.get_run(joined.parent)
+    assert parent.info.status == "FINISHED" and parent.data.tags["pid"] == str(first.pid)
+
+
+@pytest.mark.slow
 def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     tests = os.path.dirname(__file__)
     env = {
