@@ -553,7 +553,7 @@ def distort_array(
         total=len(images),
         unit="img",
         desc=f"distort {kind} {level_tag(level)}",
-        disable=None if progress else True,  # None: a bar only on a terminal, no \r in logs
+        disable=not progress,
         file=sys.stderr,
     ) as bar:
         for start in range(0, len(images), step):
