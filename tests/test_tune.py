@@ -123,6 +123,19 @@ def test_study_prunes_nests_resumes_and_finetunes(workdir, synth, pretrain):
     assert {"optuna/optimization_history.png", "optuna/param_importances.png",
             "optuna/slice.png"} <= arts  # fmt: skip
 
+    # the UI page the tuner prints: the study's trials, their state, rate and val/err
+    import json
+
+    view = client.get_experiment(parent.info.experiment_id).tags
+    state = json.loads(view[f"mlflow.sharedViewState.tune-{res.study_name}"])
+    assert (
+        "params.`trial.lr`" in state["selectedColumns"]
+        and "metrics.`val/err`" in state["selectedColumns"]
+    )
+    assert res.view.endswith(f"viewStateShareKey=tune-{res.study_name}")
+    shown = client.search_runs([parent.info.experiment_id], state["searchFilter"])
+    assert sorted(r.info.run_name for r in shown) == [f"trial-{n}" for n in range(4)]
+
     children = _children(client, res.parent_run_id)
     assert set(children) == {0, 1, 2, 3}
     for t in trials:
