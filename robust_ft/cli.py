@@ -58,7 +58,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: one line, exit code 2 (``ROBUST_FT_DEBUG=1``: traceback)."""
     from robust_ft.tracking import TrackingError
 
-    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TrackingError)
+    # OSError: a file or directory the user named cannot be read or written (its path is said)
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, TrackingError)
+    if "sqlalchemy" in sys.modules:  # a database refusing a statement (locked, permissions)
+        from sqlalchemy.exc import OperationalError
+
+        errors += (OperationalError,)
     if "mlflow" in sys.modules:  # a store refusing a write says what, in one line
         from mlflow.exceptions import MlflowException
 
@@ -111,7 +116,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from robust_ft.stores import scrub
 
-        print(f"error: {scrub(str(e), _urls(rest))}", file=sys.stderr)
+        text = str(e) or type(e).__name__
+        if type(e).__module__.startswith("sqlalchemy"):  # its first line; then SQL, a link
+            text = text.strip().splitlines()[0]
+        print(f"error: {scrub(text, _urls(rest))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -161,21 +161,55 @@ _opened: set[str] = set()
 
 
 def open_store(uri: str) -> None:
-    """Check once per process that the tracking store ``uri`` opens; create a fresh SQLite
-    store's tables under a file lock, so that processes starting at once do not collide."""
+    """Check once per process that the tracking store ``uri`` opens, and create a fresh store's
+    tables in one process at a time (MLflow's migration is not safe against a second process
+    doing the same): a file lock beside an SQLite file, the server's lock for PostgreSQL/MySQL."""
     if uri in _opened:
         return
     check_store(uri)
-    if uri.lower().startswith("sqlite:"):
+    from mlflow.tracking import MlflowClient
+
+    with _initialising(uri):
+        MlflowClient(uri)  # creates or upgrades the tables
+    _opened.add(uri)
+
+
+@contextlib.contextmanager
+def _initialising(uri: str):
+    """Hold the store's initialisation lock for the block (nothing to hold for other stores)."""
+    backend = uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
+    if backend == "sqlite":
         from filelock import FileLock
-        from mlflow.tracking import MlflowClient
         from sqlalchemy.engine import make_url
 
         db = make_url(uri).database
         if db and db != ":memory:":
-            with FileLock(f"{db}.lock", timeout=120):  # MLflow's own migration is not
-                MlflowClient(uri)  # safe against a second process doing the same
-    _opened.add(uri)
+            with FileLock(f"{db}.lock", timeout=120):
+                yield
+            return
+    elif backend in ("postgresql", "postgres", "mysql", "mariadb"):
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        lock, unlock = SERVER_LOCKS["postgresql" if backend.startswith("postgres") else "mysql"]
+        engine = create_engine(uri, poolclass=NullPool, connect_args=connect_args(uri, 5))
+        with engine.connect() as conn:
+            conn.execute(text(lock))
+            try:
+                yield
+            finally:
+                conn.execute(text(unlock))
+                conn.commit()
+        engine.dispose()
+        return
+    yield
+
+
+SERVER_LOCKS = {
+    "postgresql": ("select pg_advisory_lock(81432107)", "select pg_advisory_unlock(81432107)"),
+    "mysql": ("select get_lock('robust_ft_init', 120)", "select release_lock('robust_ft_init')"),
+}
+"""a session lock of the database server, held while MLflow creates or upgrades its tables"""
 
 
 def check_store(uri: str) -> None:

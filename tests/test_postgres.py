@@ -288,3 +288,28 @@ def test_no_secret_of_a_postgresql_store_in_console_params_tags_or_artifacts(pos
     )  # fmt: skip
     for text in (out, stored, written):
         assert secret not in text and quote(secret, safe="") not in text and "s3cr" not in text
+
+
+def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_path):
+    """MLflow's table creation runs in one process at a time (a PostgreSQL advisory lock)."""
+    import psycopg
+
+    hostport, password = postgres
+    host, port = hostport.split(":")
+    with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
+                         "dbname=mlflow", autocommit=True) as conn:  # fmt: skip
+        conn.execute("create database fresh")
+    uri = f"postgresql://{USER}:{password}@{hostport}/fresh"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    code = ("import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
+            "from robust_ft.tracking import tracked_run\n"
+            "with tracked_run('fresh'): pass")  # fmt: skip
+    start = str(time.time() + 6)
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, cwd=tmp_path,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for e in errs]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
