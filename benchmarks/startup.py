@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="benchmarks/results/startup.json")
     p.add_argument("--before", help="an older revision to measure beside this one")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sections", default="help,fit,overhead,sweep",
+                   help="what to measure (comma list of help, fit, overhead, sweep)")  # fmt: skip
     a = p.parse_args(argv)
+    sections = set(a.sections.split(","))
     codes = {"now": REPO}
     if a.before:
         codes["before"] = worktree(a.before)
@@ -114,26 +117,34 @@ def main(argv: list[str] | None = None) -> dict:
     # the rendered help of fit/test is cached per user: a first (cold) call renders it, the
     # rest read it; both are measured, in a cache of this benchmark's own
     os.environ["ROBUST_FT_CACHE_DIR"] = tempfile.mkdtemp(prefix="robust-ft-cache-")
-    res["now"]["help_cold_s"] = {
-        h[0]: timed([h[0], "--help"], REPO) for h in HELPS if h[:1] in (["fit"], ["test"])
-    }
+    if "help" in sections:
+        res["now"]["help_cold_s"] = {
+            h[0]: timed([h[0], "--help"], REPO) for h in HELPS if h[:1] in (["fit"], ["test"])
+        }
     for _ in range(a.repeats):  # interleaved: before and now see the same machine load
         for name, code in codes.items():
-            for h in HELPS:
+            for h in HELPS if "help" in sections else []:
                 res[name]["help_s"].setdefault(" ".join(h) or "(none)", []).append(
                     timed([*h, "--help"], code)
                 )
-            res[name]["fit_process_s"].append(timed(FIT, code))
+            if "fit" in sections:
+                res[name]["fit_process_s"].append(timed(FIT, code))
     if a.before:  # the worktree was only for measuring
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes["before"])],
                        capture_output=True)  # fmt: skip
     for name in codes:
         res[name]["help_s"] = {k: statistics.median(v) for k, v in res[name]["help_s"].items()}
-        res[name]["fit_process_s"] = statistics.median(res[name]["fit_process_s"])
-    first, second = run_overheads()
-    res["now"]["run_overhead_s"] = {"first_run_in_process": first, "next_run_in_process": second}
-    one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
-    res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
+        fits = res[name]["fit_process_s"]
+        res[name]["fit_process_s"] = statistics.median(fits) if fits else None
+    if "overhead" in sections:
+        first, second = run_overheads()
+        res["now"]["run_overhead_s"] = {
+            "first_run_in_process": first,
+            "next_run_in_process": second,
+        }
+    if "sweep" in sections:
+        one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
+        res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
     res["machine"]["loadavg_at_end"] = os.getloadavg()
     return save(res, Path(a.out))
 
