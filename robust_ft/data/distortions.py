@@ -506,6 +506,30 @@ def distort_batch(
     return _apply_batch(images, stages, params, border)
 
 
+def distort_batch_seeded(
+    images: torch.Tensor,
+    kind: str,
+    level: LevelSpec,
+    seeds: Sequence[int],
+    border: str = DEFAULT_BORDER,
+) -> torch.Tensor:
+    """Distort a batch (N,C,H,W) on its device, sample i drawing from its own ``seeds[i]``.
+
+    The draws are made on the CPU, so a sample's bytes depend on neither its batch nor the
+    device (streaming data: a test image is distorted the same in every run).
+    """
+    stages, images, border = _stages(kind), _check_batch(images), _check_border(border)
+    if len(seeds) != len(images):
+        raise ValueError(f"{len(seeds)} seeds for a batch of {len(images)} images")
+    if len(images) == 0:
+        return images.clone()
+    level, one = parse_level(level), (1, *images.shape[1:])
+    cpu = torch.device("cpu")
+    draws = [_sample_batch(stages, level, one, _block_generator(int(s), 0), cpu) for s in seeds]
+    params = [stage.concat(p) for stage, p in zip(stages, zip(*draws, strict=True), strict=True)]
+    return _apply_batch(images, stages, params, border)
+
+
 def _block_generator(seed: int, block: int) -> torch.Generator:
     """A CPU generator for one RNG block of a split, derived from (seed, block index)."""
     state = np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0]

@@ -156,7 +156,7 @@ def decode(path: Path, channels: int, resize: int, crop: int) -> np.ndarray:
             im = im.resize((max(crop, round(w * s)), max(crop, round(h * s))), Image.BILINEAR)
             w, h = im.size
             left, top = (w - crop) // 2, (h - crop) // 2
-            return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+            return np.array(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
     except Image.DecompressionBombError as e:
         raise ValueError(
             f"{path} is too large to decode safely ({e}); shrink the image (e.g. to 4096 px on "
@@ -191,6 +191,9 @@ class ImageFolderDataModule(DistortedDataModule):
         resize: int | None = None,
         name: str | None = None,
         num_classes: int | None = None,
+        stream: bool | None = None,
+        stream_above_mb: float = 4096,
+        shard_workers: int = 2,
         **kwargs,
     ):
         """Args:
@@ -200,6 +203,10 @@ class ImageFolderDataModule(DistortedDataModule):
         resize: the short side is resized to this before the centre crop; default: ``crop``.
         name: the dataset's name (experiment ``<model>-<name>``); default: the folder's name.
         num_classes: the model's output classes; default: the number of class folders.
+        stream: read litdata shards in a stream instead of an in-memory array (data larger
+            than memory); default: when the decoded images would pass ``stream_above_mb``.
+        stream_above_mb: the size of decoded images above which ``stream`` is on by default.
+        shard_workers: processes converting a split to shards (once per dataset).
         """
         super().__init__(root=root, **kwargs)
         if kwargs.get("cache_dir") is None:  # never inside the user's dataset
@@ -217,6 +224,12 @@ class ImageFolderDataModule(DistortedDataModule):
             raise ValueError(f"num_classes={n} but {root} has {len(self.classes)} class folders")
         base = INFO["imagenet"] if self.channels == 3 else DatasetInfo(1, (1,), (0.5,), (0.25,))
         self.info = DatasetInfo(n, (self.channels, self.crop, self.crop), base.mean, base.std)
+        self.stream, self.stream_above_mb, self.shard_workers = (
+            stream,
+            stream_above_mb,
+            shard_workers,
+        )
+        self._streaming = None
 
     @classmethod
     def configured_name(cls, init_args) -> str:
@@ -233,6 +246,52 @@ class ImageFolderDataModule(DistortedDataModule):
     def content_digest(self) -> str:
         """The dataset's identity: a digest of every byte of both splits' files."""
         return folder_digest(self.root)
+
+    @property
+    def streaming(self):
+        """The streaming splits (``StreamingSplits``) when this data is read in a stream, else None."""
+        if self._streaming is None:
+            stream = self.stream
+            if stream is None:
+                n = sum(len(self.files(s)) for s in ("train", "test"))
+                stream = n * int(np.prod(self.info.image_shape)) > self.stream_above_mb * 2**20
+            from robust_ft.data.streaming import StreamingSplits
+
+            self._streaming = StreamingSplits(self) if stream else False
+        return self._streaming or None
+
+    def prepare_data(self) -> None:
+        if self.streaming:
+            self.streaming.prepare()
+        else:
+            super().prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.streaming:
+            return super().setup(stage)
+        if not self.streaming.sets:
+            self.streaming.setup()
+
+    def train_dataloader(self):
+        return self.streaming.loader("train") if self.streaming else super().train_dataloader()
+
+    def val_dataloader(self):
+        return self.streaming.loader("val") if self.streaming else super().val_dataloader()
+
+    def test_dataloader(self):
+        if not self.streaming:
+            return super().test_dataloader()
+        return [self.streaming.loader("test") for _ in self.test_sets]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Streaming batches (image, label, index): distorted here, on the device, then normalised."""
+        if self.streaming and len(batch) == 3:
+            x, y, index = batch
+            trainer = self.trainer
+            split = "train" if trainer.training else "test" if trainer.testing else "val"
+            x = self.streaming.distort(x, index, split, dataloader_idx, trainer.current_epoch)
+            batch = (x, y)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def load_split(self, split):
         from robust_ft.data.cache import cache_path, load_or_create

@@ -1,0 +1,178 @@
+"""Data larger than memory: ImageFolder splits as litdata shards, decoded in DataLoader workers.
+
+litdata (Lightning's own streaming library) writes each split once as chunked shards of the
+original file bytes (``optimize``) and reads them back with ``StreamingDataset`` /
+``StreamingDataLoader``: sharded across DDP ranks and workers by the library, with a
+``state_dict`` that Lightning saves in checkpoints (a resume continues mid-epoch). Chosen over
+WebDataset and MosaicML Streaming because it is Lightning's, needs no server, reads local
+directories in place, and its loader is resumable out of the box.
+
+Workers decode and resize; distortions are applied per batch on the training device
+(``distort_batch_seeded``), each image drawing from a seed derived from (dataset digest, split,
+index, kind, level, seed[, epoch]): a test set is the same on every run and device, unstored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_ft.data.datamodules import distortion_tag
+
+
+def _sample(item: tuple[str, int, int]) -> dict:
+    """One shard record: the file's bytes, its label, its index in the split (``optimize``'s fn)."""
+    path, label, index = item
+    return {"image": Path(path).read_bytes(), "label": label, "index": index}
+
+
+def write_shards(files: list[tuple[Path, int]], out: Path, workers: int = 1) -> Path:
+    """Convert a split's files to litdata shards in ``out`` once (atomically: a temp dir, then
+    rename); an existing complete conversion is reused."""
+    import litdata
+
+    if (out / "index.json").is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    inputs = [(str(f), int(y), i) for i, (f, y) in enumerate(files)]
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # its banner lines
+        litdata.optimize(
+            fn=_sample,
+            inputs=inputs,
+            output_dir=str(tmp),
+            chunk_bytes="64MB",
+            num_workers=max(1, min(workers, len(inputs))),
+            keep_data_ordered=True,
+            verbose=False,
+            mode="overwrite",
+            # fork: spawn re-imports the caller's __main__ (and torch) in every worker
+            start_method="fork" if os.name == "posix" else None,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class Decode:
+    """litdata ``transform``: a record -> (uint8 image (C,H,W), label, index), in the worker."""
+
+    channels: int
+    resize: int
+    crop: int
+
+    def __call__(self, record: dict) -> tuple[torch.Tensor, int, int]:
+        from robust_ft.data.imagefolder import decode
+
+        image = decode(io.BytesIO(record["image"]), self.channels, self.resize, self.crop)
+        t = torch.from_numpy(image)
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        return t, int(record["label"]), int(record["index"])
+
+
+def sample_seeds(
+    digest: str, split: str, indices, kind: str, level, seed: int, epoch: int | None = None
+) -> list[int]:
+    """Per-image distortion seeds from (digest, split, index, kind, level, seed[, epoch])."""
+    tag = distortion_tag(kind, level)
+    base = f"{digest}|{split}|{tag}|{seed}|{'' if epoch is None else epoch}|"
+    return [
+        int.from_bytes(hashlib.sha256(f"{base}{int(i)}".encode()).digest()[:8], "little")
+        for i in indices
+    ]
+
+
+class StreamingSplits:
+    """The streaming half of an ImageFolder DataModule: shards, datasets, loaders, distortion."""
+
+    def __init__(self, dm):
+        self.dm = dm
+        self.sets: dict[str, Path] = {}
+        self.files: dict[str, list[tuple[Path, int]]] = {}
+
+    def selections(self) -> dict[str, list[tuple[Path, int]]]:
+        """The files of train/val/test, chosen as the in-memory path chooses them."""
+        dm = self.dm
+        train = dm.files("train")
+        idx = dm._indices(len(train))
+        out = {s: [train[i] for i in idx[s]] for s in ("train", "val")}
+        test = dm.files("test")
+        if dm.test_subset is not None:
+            perm = np.random.default_rng(dm.seed + 1).permutation(len(test))
+            test = [test[i] for i in np.sort(perm[: dm.test_subset])]
+        out["test"] = test
+        return out
+
+    def shard_dir(self, split: str, files) -> Path:
+        from robust_ft.data.imagefolder import split_digest
+
+        dm = self.dm
+        source = "test" if split == "test" else "train"
+        digest = split_digest(dm.root, source, dm.classes)
+        rel = [str(f.relative_to(dm.root)) for f, _ in files]
+        key = hashlib.sha256((digest + json.dumps(rel)).encode()).hexdigest()[:16]
+        dm.split_digests[split] = key
+        return dm.cache_dir / "streaming" / f"{dm.dataset_name}-{split}-{key}"
+
+    def prepare(self) -> None:
+        """Convert every split to shards once (rank 0; a no-op when they exist)."""
+        for split, files in self.selections().items():
+            if files:
+                write_shards(files, self.shard_dir(split, files), self.dm.shard_workers)
+
+    def setup(self) -> None:
+        """The shard directory of every split (converted now if ``prepare`` did not run)."""
+        for split, files in self.selections().items():
+            self.files[split] = files
+            if files:
+                self.sets[split] = write_shards(
+                    files, self.shard_dir(split, files), self.dm.shard_workers
+                )
+
+    def loader(self, split: str):
+        """A StreamingDataLoader over a fresh StreamingDataset of the split (one per test set)."""
+        import litdata
+
+        dm = self.dm
+        dataset = litdata.StreamingDataset(
+            str(self.sets[split]),
+            shuffle=split == "train",
+            seed=dm.seed,
+            transform=Decode(dm.channels, dm.resize, dm.crop),
+        )
+        return litdata.StreamingDataLoader(
+            dataset,
+            batch_size=dm.batch_size,
+            num_workers=dm.num_workers,
+            pin_memory=dm._pin(),
+            persistent_workers=dm.num_workers > 0,
+        )
+
+    def distort(self, x: torch.Tensor, index: torch.Tensor, split: str, set_index: int, epoch):
+        """A batch distorted as its split's (kind, level) says, per-image seeds, on x's device."""
+        from robust_ft.data.datamodules import _is_identity
+        from robust_ft.data.distortions import distort_batch_seeded
+
+        dm = self.dm
+        kind, level = dm._split_sets(split)[set_index]
+        if _is_identity(kind, level):
+            return x
+        per_epoch = split == "train" and not dm.cache
+        seeds = sample_seeds(
+            dm.split_digests[split], split, index.tolist(), kind, level, dm.seed,
+            epoch if per_epoch else None,
+        )  # fmt: skip
+        return distort_batch_seeded(x, kind, level, seeds)
