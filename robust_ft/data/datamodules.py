@@ -139,7 +139,7 @@ class DistortedDataModule(L.LightningDataModule):
         root: str = "data",
         distortion: Distortion | None = None,
         test_kinds: list[str] | None = None,
-        test_levels: list[float] | None = None,
+        test_levels: list[float | str] | None = None,
         train_subset: int | None = None,
         test_subset: int | None = None,
         val_split: float = 0.1,
@@ -159,7 +159,7 @@ class DistortedDataModule(L.LightningDataModule):
             distortion: what train, val and (by default) test images get.
             test_kinds: kinds to test on (``clean`` allowed); with ``test_levels`` the test sets
                 are their product. Default: the training distortion only.
-            test_levels: levels of the test grid, e.g. ``[0, 1, 2, 3, 4]``.
+            test_levels: levels of the test grid, e.g. ``[0, 1, 2, 3, 4]`` or ``["U(0,4)"]``.
             train_subset: keep only this many training images (after the validation hold-out).
             test_subset: keep only this many test images.
             val_split: fraction (<1) or number (>=1) of training images held out for validation.

@@ -114,6 +114,11 @@ class StreamingSplits:
             perm = np.random.default_rng(dm.seed + 1).permutation(len(test))
             test = [test[i] for i in np.sort(perm[: dm.test_subset])]
         out["test"] = test
+        if not out["train"]:
+            raise ValueError(
+                f"no training images left in {dm.root}/train ({len(train)} files) after holding "
+                f"out val_split={dm.val_split} for validation; lower --data.init_args.val_split"
+            )
         return out
 
     def shard_dir(self, split: str, files) -> Path:
