@@ -35,3 +35,17 @@ def test_imagenet_preset_streams_and_reports_top1_top5(workdir):
         assert "imagenet/test/combined/LU0-4" in inputs
     rows = list(csv.DictReader((workdir / "report" / "table1.csv").open()))
     assert rows and any("top-5" in " ".join(row.values()) for row in rows), rows
+
+
+def test_compose_runs_table1_with_the_dataset_read_only():
+    import yaml
+    from conftest import REPO
+
+    svc = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]
+    t = svc["trainer-imagenet"]
+    assert "imagenet" in t["profiles"] and t["deploy"]["resources"]["reservations"]["devices"]
+    assert any(v.endswith(":/datasets/imagenet:ro") for v in t["volumes"])
+    assert (
+        "fit --config conf/alexnet_imagenet.yaml --data.init_args.root /datasets/imagenet"
+        in (t["command"])
+    )
