@@ -400,7 +400,7 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
         run_id = runs[0].info.run_id
     else:
         run_id = mode
-    ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
+    ckpt = resume_checkpoint(Path(cfg.tracking.checkpoint_dir) / run_id)
     if not ckpt.exists():
         if mode == "auto":
             return None, None
@@ -410,6 +410,27 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
         )
     log.info("resuming MLflow run %s from %s", run_id, ckpt)
     return run_id, str(ckpt)
+
+
+def resume_checkpoint(directory: Path) -> Path:
+    """``last.ckpt`` (the end of the last epoch), or ``interrupted.ckpt`` when it is newer and
+    holds the training loader's position (saved mid-epoch on SIGTERM/Ctrl-C by a streaming run,
+    whose StreamingDataLoader is stateful: the resume continues mid-epoch)."""
+    last, interrupted = directory / "last.ckpt", directory / "interrupted.ckpt"
+    newer = interrupted.exists() and (
+        not last.exists() or interrupted.stat().st_mtime_ns > last.stat().st_mtime_ns
+    )
+    return interrupted if newer and _holds_loader_state(interrupted) else last
+
+
+def _holds_loader_state(ckpt: Path) -> bool:
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return bool(state["loops"]["fit_loop"]["state_dict"].get("combined_loader"))
+    except Exception:  # unreadable or another layout: resume from last.ckpt as before
+        return False
 
 
 def run_tags(cli: RobustCLI) -> dict[str, str]:

@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 from conftest import CONF, run_cli
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
 
 from robust_ft.data.distortions import distort_batch_seeded
@@ -130,3 +132,42 @@ def test_checkpoint_holds_the_stream_position(workdir):
     ckpt = torch.load(res.checkpoints["last"], weights_only=False, map_location="cpu")
     state = str(ckpt["loops"]["fit_loop"]["state_dict"])
     assert "num_samples_yielded" in state, state[:2000]
+
+
+class _StopAt(Callback):
+    """Raise Lightning's SIGTERM exception after ``n`` training batches (a kill mid-epoch)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.n:
+            raise SIGTERMException()
+
+
+class _Count(Callback):
+    def __init__(self):
+        self.samples: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        e = trainer.current_epoch
+        self.samples[e] = self.samples.get(e, 0) + len(batch[1])
+
+
+def test_killed_mid_epoch_resumes_mid_epoch(workdir):
+    """SIGTERM after 3 of 11 batches: the same command resumes the run from interrupted.ckpt and
+    reads only the rest of the epoch (the StreamingDataLoader's state), then the next epoch."""
+    root = make_folder(workdir / "shapes", train_per_class=40, val_per_class=5)  # 108 train
+    args = ["fit", "--config", str(LENET), "--data.init_args.root", str(root),
+            "--data.init_args.stream", "true", "--data.init_args.batch_size", "10",
+            "--trainer.max_epochs", "2", "--tracking.log_model", "false"]  # fmt: skip
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning re-raises the SIGTERM exception
+        run_cli(args, callbacks=[_StopAt(3)])
+    (killed,) = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("lenet5-shapes").experiment_id]
+    )
+    assert killed.info.status in ("KILLED", "FAILED")
+    count = _Count()
+    res = run_cli(args, callbacks=[count])
+    assert res.run_id == killed.info.run_id and res.status == "FINISHED"
+    assert count.samples == {0: 108 - 30, 1: 108}
