@@ -24,7 +24,7 @@ LENET = CONF / "lenet5_imagefolder.yaml"
 
 def _all(dm, split):
     xs, ys, ids = [], [], []
-    for x, y, i in dm.streaming.loader(split):
+    for x, y, i in dm.streaming.loader(split):  # clean: no draws
         xs.append(x), ys.append(y), ids.append(i)
     x, y, i = torch.cat(xs), torch.cat(ys), torch.cat(ids)
     order = torch.argsort(i)
@@ -66,6 +66,23 @@ def test_per_image_seeds_make_bytes_independent_of_batch_and_run():
     assert seeds != sample_seeds("abd", "test", range(6), "combined", (0.0, 4.0), 0)
     per_epoch = sample_seeds("abc", "train", range(6), "noise", 2.0, 0, epoch=1)
     assert per_epoch != sample_seeds("abc", "train", range(6), "noise", 2.0, 0, epoch=2)
+
+
+def test_worker_draws_give_the_bytes_of_seeded_distortion(tmp_path):
+    """Test images distorted from the workers' draws equal distort_batch_seeded's (same seeds)."""
+    from robust_ft.data.datamodules import Distortion
+
+    root = make_folder(tmp_path / "shapes", train_per_class=4, val_per_class=3)
+    dm = ImageFolderDataModule(root=str(root), channels=1, crop=28, stream=True, batch_size=4,
+                               cache_dir=str(tmp_path / "c"), num_workers=1,
+                               distortion=Distortion("combined", "U(0,4)"))  # fmt: skip
+    dm.prepare_data(), dm.setup()
+    for batch in dm.streaming.loader("test"):
+        assert len(batch) == 4  # drawn in the worker
+        x, _ = dm.streaming.distort(batch, "test", 0, epoch=0)
+        seeds = sample_seeds(dm.split_digests["test"], "test", batch[2].tolist(), "combined",
+                             (0.0, 4.0), dm.seed)  # fmt: skip
+        assert torch.equal(x, distort_batch_seeded(batch[0], "combined", "U(0,4)", seeds))
 
 
 def _test(root, ckpt, stream: bool, kinds="[clean,defocus,noise]"):

@@ -281,16 +281,14 @@ class ImageFolderDataModule(DistortedDataModule):
     def test_dataloader(self):
         if not self.streaming:
             return super().test_dataloader()
-        return [self.streaming.loader("test") for _ in self.test_sets]
+        return [self.streaming.loader("test", i) for i in range(len(self.test_sets))]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Streaming batches (image, label, index): distorted here, on the device, then normalised."""
-        if self.streaming and len(batch) == 3:
-            x, y, index = batch
+        if self.streaming and len(batch) in (3, 4):
             trainer = self.trainer
             split = "train" if trainer.training else "test" if trainer.testing else "val"
-            x = self.streaming.distort(x, index, split, dataloader_idx, trainer.current_epoch)
-            batch = (x, y)
+            batch = self.streaming.distort(batch, split, dataloader_idx, trainer.current_epoch)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def load_split(self, split):

@@ -67,20 +67,51 @@ def write_shards(files: list[tuple[Path, int]], out: Path, workers: int = 1) -> 
 
 
 @dataclass(frozen=True)
+class Draw:
+    """What a worker draws for each image: (kind, level) and the parts of its seed."""
+
+    kind: str
+    level: object
+    digest: str
+    split: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class Decode:
-    """litdata ``transform``: a record -> (uint8 image (C,H,W), label, index), in the worker."""
+    """litdata ``transform``, run in the DataLoader worker: a record -> (uint8 image (C,H,W),
+    label, index[, the image's distortion draws when ``draw`` is set])."""
 
     channels: int
     resize: int
     crop: int
+    draw: Draw | None = None
 
-    def __call__(self, record: dict) -> tuple[torch.Tensor, int, int]:
+    def __call__(self, record: dict) -> tuple:
+        from robust_ft.data.distortions import draw_params
         from robust_ft.data.imagefolder import decode
 
         image = decode(io.BytesIO(record["image"]), self.channels, self.resize, self.crop)
         t = torch.from_numpy(image)
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
-        return t, int(record["label"]), int(record["index"])
+        sample = (t, int(record["label"]), int(record["index"]))
+        if self.draw is None:
+            return sample
+        d = self.draw
+        (seed,) = sample_seeds(d.digest, d.split, [sample[2]], d.kind, d.level, d.seed)
+        return (*sample, draw_params(d.kind, d.level, t.shape, seed))
+
+
+def collate(samples: list[tuple]) -> list:
+    """Stack images, labels and indices; keep each image's draws (kernels differ in size)."""
+    out = [
+        torch.stack([s[0] for s in samples]),
+        torch.tensor([s[1] for s in samples]),
+        torch.tensor([s[2] for s in samples]),
+    ]
+    if len(samples[0]) == 4:
+        out.append([s[3] for s in samples])
+    return out
 
 
 def sample_seeds(
@@ -147,37 +178,52 @@ class StreamingSplits:
                     files, self.shard_dir(split, files), self.dm.shard_workers
                 )
 
-    def loader(self, split: str):
-        """A StreamingDataLoader over a fresh StreamingDataset of the split (one per test set)."""
+    def loader(self, split: str, set_index: int = 0):
+        """A StreamingDataLoader over a fresh StreamingDataset of the split (one per test set).
+
+        The workers draw each image's distortion too, except for training images drawn afresh
+        every epoch (``cache: false``), which the training process draws (it knows the epoch).
+        """
         import litdata
 
+        from robust_ft.data.datamodules import _is_identity
+
         dm = self.dm
+        kind, level = dm._split_sets(split)[set_index]
+        draw = None
+        if not _is_identity(kind, level) and not (split == "train" and not dm.cache):
+            draw = Draw(kind, level, dm.split_digests[split], split, dm.seed)
         dataset = litdata.StreamingDataset(
             str(self.sets[split]),
             shuffle=split == "train",
             seed=dm.seed,
-            transform=Decode(dm.channels, dm.resize, dm.crop),
+            transform=Decode(dm.channels, dm.resize, dm.crop, draw),
         )
         return litdata.StreamingDataLoader(
             dataset,
+            collate_fn=collate,
             batch_size=dm.batch_size,
             num_workers=dm.num_workers,
             pin_memory=dm._pin(),
             persistent_workers=dm.num_workers > 0,
         )
 
-    def distort(self, x: torch.Tensor, index: torch.Tensor, split: str, set_index: int, epoch):
-        """A batch distorted as its split's (kind, level) says, per-image seeds, on x's device."""
+    def distort(self, batch, split: str, set_index: int, epoch) -> tuple:
+        """(images, labels) of a batch, the images distorted on their device as the split's
+        (kind, level) says: with the workers' draws, or drawn here from per-image seeds."""
         from robust_ft.data.datamodules import _is_identity
-        from robust_ft.data.distortions import distort_batch_seeded
+        from robust_ft.data.distortions import apply_params, distort_batch_seeded
 
         dm = self.dm
+        x, y, index = batch[:3]
         kind, level = dm._split_sets(split)[set_index]
+        if len(batch) == 4:
+            return apply_params(x, kind, batch[3]), y
         if _is_identity(kind, level):
-            return x
+            return x, y
         per_epoch = split == "train" and not dm.cache
         seeds = sample_seeds(
             dm.split_digests[split], split, index.tolist(), kind, level, dm.seed,
             epoch if per_epoch else None,
         )  # fmt: skip
-        return distort_batch_seeded(x, kind, level, seeds)
+        return distort_batch_seeded(x, kind, level, seeds), y
