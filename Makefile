@@ -72,6 +72,7 @@ bench: bench-setup
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
 	$(BIN)/python benchmarks/startup.py --out benchmarks/results/startup.json --before 9eb468d
+	$(BIN)/python benchmarks/streaming.py --n 2000 --factor 10 --px 64 --out benchmarks/results/streaming.json
 
 bench-gpu: $(BIN)/.installed  # on a machine with a CUDA GPU (README: Performance, on a GPU)
 	$(BIN)/python benchmarks/gpu.py --out benchmarks/results/gpu.json

@@ -15,6 +15,10 @@ COMMANDS = {
         "robust_ft.pipeline:demo_main",
         "the main job: pre-train, evaluate, fine-tune, re-train",
     ),
+    "make-folder": (
+        "robust_ft.data.make_folder:main",
+        "write a small generated ImageFolder tree (to try own data)",
+    ),
     "show-distortions": ("robust_ft.pipeline:show_distortions_main", "render the paper's Fig. 3/4"),
     "sweep": ("robust_ft.sweep:main", "the paper's grid as one resumable MLflow sweep"),
     "report": ("robust_ft.report:main", "Fig. 6/7/8 and Table 1 analogs from MLflow runs"),

@@ -20,10 +20,22 @@ def verbose() -> bool:
     return os.environ.get("ROBUST_FT_VERBOSE", "") not in ("", "0", "false")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is now (pytest and tools replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def console_logging() -> None:
     """robust-ft's own progress lines (logger ``robust_ft``) go to stderr as plain text."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(_scrub_secrets)
         log.addHandler(handler)

@@ -150,6 +150,20 @@ def format_tables(a, steps: dict) -> str:
     return "\n".join(out)
 
 
+def datamodules() -> dict[str, type]:
+    """The DataModules by dataset name (``show-distortions --dataset``)."""
+    from robust_ft.data import datamodules as dms
+    from robust_ft.data.imagefolder import ImageFolderDataModule
+
+    return {
+        "mnist": dms.MNISTDataModule,
+        "fashion_mnist": dms.FashionMNISTDataModule,
+        "cifar10": dms.CIFAR10DataModule,
+        "imagefolder": ImageFolderDataModule,
+        "synthetic": dms.SyntheticDataModule,
+    }
+
+
 def show_distortions_main(argv: list[str] | None = None) -> Path:
     """`robust-ft show-distortions`: the paper's Fig. 3/4 on real images of a dataset."""
     p = argparse.ArgumentParser(prog="robust-ft show-distortions")
@@ -158,16 +172,29 @@ def show_distortions_main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", default="distortions.png")
     p.add_argument("--index", type=int, default=0, help="which test image")
     p.add_argument("--seed", type=int, default=0)
+    own = p.add_argument_group("imagefolder (own data; as --data.init_args.* of fit)")
+    own.add_argument("--channels", type=int, default=None, help="1 or 3 (default: --model's)")
+    own.add_argument("--crop", type=int, default=None, help="image side (default: --model's)")
+    own.add_argument("--resize", type=int, default=None, help="short side before the crop")
+    own.add_argument("--model", default="alexnet", help="whose input shape is the default")
+    own.add_argument("--cache-dir", default=None, help="default: data/cache/imagefolder")
     a = p.parse_args(argv)
     import numpy as np
 
-    from robust_ft.data.datamodules import DATAMODULES
     from robust_ft.data.figures import render_distortion_grid
 
-    if a.dataset not in DATAMODULES:  # checked after parsing, so --help needs no torch
-        choices = ", ".join(sorted(DATAMODULES))
+    modules = datamodules()
+    if a.dataset not in modules:  # checked after parsing, so --help needs no torch
+        choices = ", ".join(sorted(modules))
         raise ValueError(f"--dataset: invalid choice: {a.dataset!r} (choose from {choices})")
-    dm = DATAMODULES[a.dataset](root=a.root)
+    kwargs = {}
+    if a.dataset == "imagefolder":
+        from robust_ft.models import input_shape
+
+        c, h, _ = input_shape(a.model)
+        kwargs = dict(channels=a.channels or c, crop=a.crop or h, resize=a.resize)
+        kwargs["cache_dir"] = a.cache_dir
+    dm = modules[a.dataset](root=a.root, **kwargs)
     images, _ = dm.load_split("test")
     out = render_distortion_grid(np.asarray(images[a.index : a.index + 1]), a.out, seed=a.seed)
     print(f"wrote {out}")

@@ -21,7 +21,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from robust_ft import console
-from robust_ft.callbacks.tracking import LogConfig, MarkResumed, RunLogger, SaveOnInterrupt
+from robust_ft.callbacks.tracking import (
+    LogConfig,
+    LogDatasetInputs,
+    MarkResumed,
+    RunLogger,
+    SaveOnInterrupt,
+)
 from robust_ft.checks import check_does_something, check_yaml_files, config_files
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.models.classifier import ImageClassifier
@@ -227,6 +233,7 @@ class RobustCLI(LightningCLI):
 
         cfg = self.config
         self.init_run_id = self.resume_run_id = self.resume_ckpt = None
+        fit_images_to_model(cfg, self.data_class())
         self.config_hash = self._config_hash()
         if not self.spec.instantiate:
             return
@@ -238,6 +245,9 @@ class RobustCLI(LightningCLI):
         ref = cfg.model.init_from
         if ref:
             match = {"model": cfg.model.arch, "dataset": self.dataset_name()}
+            digest = self.data_class().configured_digest(cfg.data.init_args)
+            if digest:  # an own dataset: only a pre-train on the same files
+                match["dataset_digest"] = digest
             path, self.init_run_id = resolve_checkpoint(ref, self.experiment_name(), match=match)
             cfg.model.init_from = str(path)
         if self.command == "fit" and is_finetune(cfg.model.first_n, self.n_layers(), ref):
@@ -295,11 +305,15 @@ class RobustCLI(LightningCLI):
             self._adopted = adopted_experiment(tr.run_id or env) or ""
         return self._adopted or experiment_name(self.config.model.arch, self.dataset_name())
 
-    def dataset_name(self) -> str:
+    def data_class(self) -> type[DistortedDataModule]:
         import importlib
 
         module, _, name = self.config.data.class_path.rpartition(".")
-        return getattr(importlib.import_module(module), name).dataset_name
+        return getattr(importlib.import_module(module), name)
+
+    def dataset_name(self) -> str:
+        """The dataset's name: the paper's, or an own dataset's folder (``name``)."""
+        return self.data_class().configured_name(self.config.data.init_args)
 
     # ----------------------------------------------------------------- instantiation
     def instantiate_classes(self) -> None:
@@ -345,12 +359,27 @@ class RobustCLI(LightningCLI):
                 save_last=True,
             )
             ours += [self.checkpoint, SaveOnInterrupt(self.checkpoint.dirpath)]
-        ours += [GradientVarianceCallback(), ConfusionMatrixCallback(), EpochProgress()]
+        ours += [LogDatasetInputs(), GradientVarianceCallback(), ConfusionMatrixCallback()]
+        ours.append(EpochProgress())
         configured = list(self.config_init.get("trainer", {}).get("callbacks") or [])
         self.trainer = self.instantiate_trainer(
             callbacks=configured + ours + list(callbacks), logger=self.run_logger
         )
         return self.trainer
+
+
+def fit_images_to_model(cfg, data_class: type) -> None:
+    """An own dataset's channels and size, where not given: the model's input shape."""
+    init = cfg.data.init_args
+    if "channels" not in init or "crop" not in init:
+        return
+    from robust_ft.models import input_shape
+
+    c, h, _ = input_shape(cfg.model.arch)
+    if init.channels is None:
+        init.channels = c
+    if init.crop is None:
+        init.crop = h
 
 
 def finetune_schedule(
@@ -406,7 +435,7 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
         run_id = runs[0].info.run_id
     else:
         run_id = mode
-    ckpt = Path(cfg.tracking.checkpoint_dir) / run_id / "last.ckpt"
+    ckpt = resume_checkpoint(Path(cfg.tracking.checkpoint_dir) / run_id)
     if not ckpt.exists():
         if mode == "auto":
             return None, None
@@ -431,6 +460,27 @@ def refuse_running_duplicate(runs) -> None:
                 f"config is being written by process {run.data.tags['pid']}; wait for it to end "
                 "or stop it, or change a setting (e.g. --seed_everything) to start another run"
             )
+
+
+def resume_checkpoint(directory: Path) -> Path:
+    """``last.ckpt`` (the end of the last epoch), or ``interrupted.ckpt`` when it is newer and
+    holds the training loader's position (saved mid-epoch on SIGTERM/Ctrl-C by a streaming run,
+    whose StreamingDataLoader is stateful: the resume continues mid-epoch)."""
+    last, interrupted = directory / "last.ckpt", directory / "interrupted.ckpt"
+    newer = interrupted.exists() and (
+        not last.exists() or interrupted.stat().st_mtime_ns > last.stat().st_mtime_ns
+    )
+    return interrupted if newer and _holds_loader_state(interrupted) else last
+
+
+def _holds_loader_state(ckpt: Path) -> bool:
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return bool(state["loops"]["fit_loop"]["state_dict"].get("combined_loader"))
+    except Exception:  # unreadable or another layout: resume from last.ckpt as before
+        return False
 
 
 def run_tags(cli: RobustCLI) -> dict[str, str]:
@@ -461,9 +511,23 @@ def run_tags(cli: RobustCLI) -> dict[str, str]:
         "config_hash": cli.config_hash,
         **(tr.tags or {}),
     }
+    tags["weights"] = starting_weights(cfg.model)
+    if dm.content_digest:
+        tags["dataset_digest"] = dm.content_digest
     if cli.init_run_id:
         tags["init_from_run"] = cli.init_run_id
     return tags
+
+
+def starting_weights(model_cfg) -> str:
+    """What the network starts from: ``checkpoint``, ``published`` (ImageNet) or ``random``."""
+    if model_cfg.init_from:
+        return "checkpoint"
+    if model_cfg.get("pretrained"):
+        return "published"
+    if model_cfg.arch == "alexnet":
+        log.info("alexnet starts from random weights (model.pretrained false)")
+    return "random"
 
 
 def launch_rank_zero() -> bool:

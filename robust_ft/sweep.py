@@ -261,10 +261,9 @@ class Sweep:
 
     @property
     def dataset_name(self) -> str:
-        """The DataModule's dataset name (the experiment's suffix)."""
-        return (
-            "synthetic" if self.synthetic else self.grid.dataset.replace("imagenet", "imagefolder")
-        )
+        """The DataModule's dataset name (the experiment's suffix; conf/alexnet_imagenet.yaml
+        names its ImageFolder ``imagenet``)."""
+        return "synthetic" if self.synthetic else self.grid.dataset
 
     @property
     def experiment_name(self) -> str:

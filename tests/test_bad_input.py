@@ -69,6 +69,30 @@ def _png_tree_with_text(root: Path) -> str:
     return str(root)
 
 
+OWN = ["--config", str(CONF / "lenet5_imagefolder.yaml"), "--trainer.max_epochs", "1"]
+
+
+def _tree_classes_differ(root: Path) -> str:
+    from robust_ft.data.make_folder import make_folder
+
+    make_folder(root, train_per_class=2, val_per_class=1)
+    for f in (root / "val" / "class_2").iterdir():
+        f.unlink()
+    (root / "val" / "class_2").rmdir()
+    return str(root)
+
+
+def _tree_with(root: Path, name: str, array) -> str:
+    from PIL import Image
+
+    from robust_ft.data.make_folder import make_folder
+
+    make_folder(root, train_per_class=2, val_per_class=1)
+    f = root / "train" / "class_0" / name
+    f.write_bytes(b"\x89PNG garbage") if array is None else Image.fromarray(array).save(f)
+    return str(root)
+
+
 # (id, argv builder(workdir) -> list[str], regex the message must match)
 CLI_CASES = [
     ("unknown-config-key", lambda w: ["fit", *LENET, "--model.no_such_key", "1"], "no_such_key"),
@@ -92,6 +116,9 @@ CLI_CASES = [
     ("bad-checkpoint-reference", lambda w: ["test", *LENET, *SYN, "--model.init_from", "not-a-run"], "neither an existing file"),
     ("resume-without-checkpoint", lambda w: ["fit", *LENET, *SYN, "--tracking.resume", "0123456789abcdef0123456789abcdef"], "cannot resume run .* no checkpoint"),
     ("imagefolder-non-image", lambda w: ["fit", "--config", str(CONF / "alexnet_imagenet.yaml"), "--model.pretrained", "false", "--data.init_args.root", _png_tree_with_text(w / "tree")], "readme.txt is not an image file"),
+    ("imagefolder-classes-differ", lambda w: ["fit", *OWN, "--data.init_args.root", _tree_classes_differ(w / "tree")], r"class folders of .* differ: only in train/: \['class_2'\]; only in val/: none"),
+    ("imagefolder-unsupported-mode", lambda w: ["fit", *OWN, "--data.init_args.root", _tree_with(w / "tree", "f.tif", np.zeros((8, 8), np.float32))], "f.tif.*PIL mode 'F' is not supported.*convert the file to 8-bit"),
+    ("imagefolder-corrupt-image", lambda w: ["fit", *OWN, "--data.init_args.root", _tree_with(w / "tree", "bad.png", None)], "cannot decode image .*bad.png.*remove or replace the file"),
     ("wrong-image-shape", lambda w: ["fit", *LENET, *synthetic_args(shape=(3, 32, 32))], "lenet5 expects images of shape \\(1, 28, 28\\)"),
     ("test-levels-without-kinds", lambda w: ["test", *LENET, *SYN, "--data.init_args.test_levels", "[1]"], "test_levels needs test_kinds"),
     ("bad-optuna-storage", lambda w: ["tune", "--dataset", "mnist", "--kind", "defocus", "--storage", "nosuchdb://x", "--extra", *SYN], "is not a storage URL"),
@@ -174,3 +201,46 @@ def test_disk_full_on_cache_write_leaves_no_file(tmp_path, monkeypatch):
         cache.load_or_create(target, lambda: np.zeros((4, 4), np.uint8))
     assert not target.exists()
     assert not [p for p in target.parent.glob("*")] if target.parent.exists() else True
+
+
+def _tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_oversized_image_is_one_sentence_with_the_fix(workdir, monkeypatch, capsys):
+    from PIL import Image
+
+    from robust_ft.data.make_folder import make_folder
+
+    root = make_folder(workdir / "tree", train_per_class=2, val_per_class=1)
+    Image.fromarray(np.zeros((200, 200), np.uint8)).save(root / "train" / "class_0" / "big.png")
+    monkeypatch.setenv("ROBUST_FT_MAX_IMAGE_PIXELS", "10000")  # 40,000 px > 2x the limit
+    before = _tree_digest(root)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *OWN, "--data.init_args.root", str(root)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "big.png is too large to decode safely" in err and "shrink the image" in err
+    assert _tree_digest(root) == before
+
+
+def test_read_only_cache_directory_says_where_to_point_it(workdir, monkeypatch, capsys):
+    """A read-only data root (EROFS; chmod does not stop root): one line naming cache_dir."""
+    import tempfile
+
+    from robust_ft.data.make_folder import make_folder
+
+    root = make_folder(workdir / "tree", train_per_class=2, val_per_class=1)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    before = _tree_digest(root)
+    start = time.time()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *OWN, "--data.init_args.root", str(root)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err and time.time() - start < 10
+    assert "cannot write the cache in" in err and "--data.init_args.cache_dir DIR" in err
+    assert _tree_digest(root) == before

@@ -9,11 +9,11 @@ import torch
 from robust_ft.data.datamodules import (
     Distortion,
     FashionMNISTDataModule,
-    ImageFolderDataModule,
     MNISTDataModule,
     SyntheticDataModule,
 )
 from robust_ft.data.idx import IDXError, read_idx, write_idx
+from robust_ft.data.imagefolder import ImageFolderDataModule
 from robust_ft.data.sources import DatasetNotFoundError
 
 

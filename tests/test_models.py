@@ -143,9 +143,23 @@ def test_alexnet_without_weights_says_what_to_do(no_download, tmp_path):
         net.load_pretrained(tmp_path / "missing.pth")
 
 
-def test_alexnet_weights_with_the_wrong_shape_are_refused(torchvision_alexnet):
-    with pytest.raises(RuntimeError, match=r"fc8.weight has shape \(1000, 4096\).*\(10, 4096\)"):
-        AlexNet(num_classes=10).load_pretrained(torchvision_alexnet[1])
+def test_alexnet_for_own_classes_keeps_a_fresh_fc8(torchvision_alexnet):
+    """num_classes != 1000 (own data): conv1..fc7 published, fc8 its own random init."""
+    reference, path = torchvision_alexnet
+    torch.manual_seed(0)
+    fresh = AlexNet(num_classes=10)
+    torch.manual_seed(0)
+    net = AlexNet(num_classes=10).load_pretrained(path)
+    assert torch.equal(net.fc7.weight, reference.classifier[4].weight)
+    assert torch.equal(net.fc8.weight, fresh.fc8.weight) and net.fc8.out_features == 10
+
+
+def test_alexnet_weights_with_the_wrong_shape_are_refused(torchvision_alexnet, tmp_path):
+    weights = torch.load(torchvision_alexnet[1], weights_only=True)
+    weights["features.0.weight"] = weights["features.0.weight"][:32]
+    torch.save(weights, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match=r"conv1.weight has shape \(32, 3, 11, 11\)"):
+        AlexNet().load_pretrained(tmp_path / "bad.pth")
 
 
 @pytest.mark.parametrize("arch", ["lenet5", "cifar10_quick"])

@@ -45,6 +45,34 @@ class LogConfig(SaveConfigCallback):
             logger.log_artifact(p)
 
 
+class LogDatasetInputs(Callback):
+    """Record what each stage reads as MLflow dataset inputs (the UI's Dataset column), rank 0.
+
+    One input per split and distortion (``fashion_mnist/test/defocus/L2``), with the digest of
+    the clean split's content, the split as the input's context, and the distortion as a tag.
+    """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        logger, dm = trainer.logger, trainer.datamodule
+        if not (trainer.is_global_zero and isinstance(logger, RunLogger)) or dm is None:
+            return
+        inputs = [
+            DatasetInput(
+                Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]})),
+                tags=[
+                    InputTag(MLFLOW_DATASET_CONTEXT, d["split"]),
+                    InputTag("distortion", d["distortion"]),
+                ],
+            )
+            for d in (dm.inputs(stage) if hasattr(dm, "inputs") else [])
+        ]
+        if inputs:
+            logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+
+
 class SaveOnInterrupt(Callback):
     """SIGINT/SIGTERM during training: save ``interrupted.ckpt`` next to the run's checkpoints."""
 

@@ -7,6 +7,7 @@ reported with a warning and regenerated.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,10 +65,43 @@ def _problem(path: Path, expected_shape: tuple | None) -> str | None:
     return None
 
 
+def _umask() -> int:
+    """The process's umask (read, not changed, where /proc has it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic read-by-setting (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temp file next to ``path``, mode 0666 minus the umask (``mkstemp`` makes it 0600)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise CacheNotWritableError(
+            f"cannot write the cache in {path.parent} ({err.strerror}); the data directory is "
+            "read-only or not yours. Point the cache at a writable directory with "
+            "--data.init_args.cache_dir DIR (or ROBUST_FT_CACHE_DIR=DIR for own ImageFolder data)"
+        ) from None
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+class CacheNotWritableError(ValueError):
+    """The cache directory cannot be written; the message says which option moves it."""
+
+
 def _save_atomically(path: Path, array: np.ndarray) -> None:
     """Write array to path via a temp file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)

@@ -56,6 +56,16 @@ def distortion_tag(kind: str | None, level: float | tuple) -> str:
     return f"{kind or 'clean'}/{level_tag(level if kind else 0.0)}"
 
 
+def array_digest(*arrays: np.ndarray) -> str:
+    """sha256 (16 hex digits) of every byte of the arrays, with their shapes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+    return h.hexdigest()[:16]
+
+
 def _is_identity(kind: str | None, level: float | tuple) -> bool:
     return kind is None or (not isinstance(level, tuple) and float(level) == 0.0)
 
@@ -130,7 +140,7 @@ class DistortedDataModule(L.LightningDataModule):
         root: str = "data",
         distortion: Distortion | None = None,
         test_kinds: list[str] | None = None,
-        test_levels: list[float] | None = None,
+        test_levels: list[float | str] | None = None,
         train_subset: int | None = None,
         test_subset: int | None = None,
         val_split: float = 0.1,
@@ -150,7 +160,7 @@ class DistortedDataModule(L.LightningDataModule):
             distortion: what train, val and (by default) test images get.
             test_kinds: kinds to test on (``clean`` allowed); with ``test_levels`` the test sets
                 are their product. Default: the training distortion only.
-            test_levels: levels of the test grid, e.g. ``[0, 1, 2, 3, 4]``.
+            test_levels: levels of the test grid, e.g. ``[0, 1, 2, 3, 4]`` or ``["U(0,4)"]``.
             train_subset: keep only this many training images (after the validation hold-out).
             test_subset: keep only this many test images.
             val_split: fraction (<1) or number (>=1) of training images held out for validation.
@@ -163,7 +173,8 @@ class DistortedDataModule(L.LightningDataModule):
             distort_device: where distorted splits are generated: ``auto`` (a GPU when there is
                 one), ``cpu``, ``cuda`` or ``cuda:N``. The bytes are the same on any device.
             cache: materialise distorted splits once on disk (else distort online every epoch).
-            cache_dir: where cached splits live (default ``<root>/cache``).
+            cache_dir: where cached splits live (default ``<root>/cache``; own ImageFolder data:
+                ``$ROBUST_FT_CACHE_DIR/imagefolder``, else ``data/cache/imagefolder``).
             download: allow a network download of the dataset when it is missing.
         """
         super().__init__()
@@ -206,11 +217,27 @@ class DistortedDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / "cache"
         self.download = download
         self._data: dict[str, tuple] = {}
+        self.split_digests: dict[str, str] = {}
+        """split -> digest of its clean images and labels (set by ``setup``)"""
 
     # ----------------------------------------------------------------- what subclasses provide
     def load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Raw uint8 images (N,H,W) or (N,H,W,C) and int64 labels of ``train`` or ``test``."""
         raise NotImplementedError
+
+    @classmethod
+    def configured_name(cls, init_args) -> str:
+        """The dataset's name (experiment suffix, ``dataset`` tag) from its settings."""
+        return cls.dataset_name
+
+    @classmethod
+    def configured_digest(cls, init_args) -> str | None:
+        """A digest of an own dataset's files (``latest`` matches on it); None for the paper's."""
+        return None
+
+    @property
+    def content_digest(self) -> str | None:
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -263,9 +290,6 @@ class DistortedDataModule(L.LightningDataModule):
         from robust_ft.data.cache import cache_path, load_or_create
         from robust_ft.data.distortions import distort_array
 
-        digest = hashlib.sha256(
-            np.ascontiguousarray(images[:: max(1, len(images) // 64)]).tobytes()
-        )
         key = dict(
             dataset=self.dataset_name,
             split=split,
@@ -273,7 +297,7 @@ class DistortedDataModule(L.LightningDataModule):
             level=list(level) if isinstance(level, tuple) else float(level),
             seed=self.seed,
             n=len(images),
-            content=digest.hexdigest()[:16],
+            content=array_digest(images),  # every byte: far cheaper than distorting
             train_subset=self.train_subset,
             val_split=self.val_split,
         )
@@ -307,6 +331,7 @@ class DistortedDataModule(L.LightningDataModule):
         if self._data:
             return
         raw = self._raw()
+        self.split_digests = {s: array_digest(x, y) for s, (x, y) in raw.items()}
         for split, (x, y) in raw.items():
             labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
             sets = []
@@ -323,6 +348,22 @@ class DistortedDataModule(L.LightningDataModule):
                 f"{self.dataset_name} images have shape {shape} (C,H,W) but {self.image_shape} "
                 "was expected; check the dataset directory"
             )
+
+    def inputs(self, stage: str) -> list[dict[str, str]]:
+        """What a stage reads, for MLflow's dataset inputs: name, split, distortion, digest."""
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        return [
+            {
+                "name": f"{self.dataset_name}/{split}/{distortion_tag(kind, level)}",
+                "split": split,
+                "distortion": distortion_tag(kind, level),
+                "digest": self.split_digests.get(split, ""),
+                "source": str(self.root.resolve()),
+            }
+            for split in splits
+            if split in self.split_digests
+            for kind, level in self._split_sets(split)
+        ]
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
@@ -451,93 +492,6 @@ class CIFAR10DataModule(DistortedDataModule):
         return sources.load_cifar10(self.root, split, self.download)
 
 
-class ImageFolderDataModule(DistortedDataModule):
-    """An ImageNet-layout tree ``<root>/train/<class>/*`` and ``<root>/val/<class>/*``.
-
-    Images are decoded once (short side resized to ``resize``, centre crop ``crop``) into a
-    cached uint8 array; the paper's AlexNet protocol distorts them with ``level: U(0,4)``.
-    """
-
-    dataset_name = "imagefolder"
-    EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-    def __init__(self, root: str = "data/imagenet", resize: int = 256, crop: int = 224, **kwargs):
-        super().__init__(root=root, **kwargs)
-        self.resize, self.crop = resize, crop
-        self.classes = self._classes()
-        base = sources.INFO["imagenet"]
-        self.info = DatasetInfo(len(self.classes), (3, crop, crop), base.mean, base.std)
-
-    def _split_dir(self, split: str) -> Path:
-        return self.root / ("val" if split == "test" else split)
-
-    def _classes(self) -> list[str]:
-        d = self._split_dir("train")
-        if not d.is_dir():
-            raise DatasetNotFoundError(
-                f"ImageFolder root {self.root} has no train/ directory; expected "
-                "<root>/train/<class>/<image> and <root>/val/<class>/<image>"
-            )
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
-        if not classes:
-            raise DatasetNotFoundError(f"{d} has no class sub-directories")
-        return classes
-
-    def _files(self, split: str) -> list[tuple[Path, int]]:
-        d = self._split_dir(split)
-        if not d.is_dir():
-            raise DatasetNotFoundError(f"ImageFolder split directory {d} is missing")
-        out = []
-        for label, c in enumerate(self.classes):
-            for f in sorted((d / c).glob("*")) if (d / c).is_dir() else []:
-                if f.is_file():
-                    out.append((f, label))
-        return out
-
-    def _decode(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        if path.suffix.lower() not in self.EXTENSIONS:
-            raise ValueError(
-                f"{path} is not an image file (extension {path.suffix!r}); ImageFolder accepts "
-                f"{', '.join(self.EXTENSIONS)} — move other files out of the dataset tree"
-            )
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                s = self.resize / min(w, h)
-                im = im.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))))
-                w, h = im.size
-                left, top = (w - self.crop) // 2, (h - self.crop) // 2
-                im = im.crop((left, top, left + self.crop, top + self.crop))
-                return np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot decode image {path}: {e}; remove or replace the file") from e
-
-    def load_split(self, split):
-        from robust_ft.data.cache import cache_path, load_or_create
-
-        files = self._files(split)
-        if not files:
-            raise DatasetNotFoundError(f"no images found under {self._split_dir(split)}")
-        listing = json.dumps([(str(f), f.stat().st_size, y) for f, y in files])
-        path = cache_path(
-            self.cache_dir,
-            dataset="imagefolder-decoded",
-            split=split,
-            files=hashlib.sha256(listing.encode()).hexdigest(),
-            resize=self.resize,
-            crop=self.crop,
-        )
-        images = load_or_create(
-            path,
-            lambda: np.stack([self._decode(f) for f, _ in files]),
-            expected_shape=(len(files), self.crop, self.crop, 3),
-        )
-        return images, np.array([y for _, y in files], dtype=np.int64)
-
-
 class SyntheticDataModule(DistortedDataModule):
     """Tiny learnable data made on the fly (class = a fixed random template + noise); for tests."""
 
@@ -568,23 +522,21 @@ class SyntheticDataModule(DistortedDataModule):
         return (x[..., 0] if c == 1 else x), y.astype(np.int64)
 
 
-DATAMODULES = {
-    "mnist": MNISTDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "imagefolder": ImageFolderDataModule,
-    "synthetic": SyntheticDataModule,
-}
+def __getattr__(name: str):
+    """``robust_ft.data.datamodules.ImageFolderDataModule`` (older configs' class path)."""
+    if name == "ImageFolderDataModule":
+        from robust_ft.data.imagefolder import ImageFolderDataModule
+
+        return ImageFolderDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "DATAMODULES",
     "CIFAR10DataModule",
     "DatasetNotFoundError",
     "Distortion",
     "DistortedDataModule",
     "FashionMNISTDataModule",
-    "ImageFolderDataModule",
     "MNISTDataModule",
     "SyntheticDataModule",
     "distortion_tag",

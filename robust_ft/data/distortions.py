@@ -513,6 +513,47 @@ def distort_batch(
     return _apply_batch(images, stages, params, border)
 
 
+def draw_params(kind: str, level: LevelSpec, shape: Sequence[int], seed: int) -> list[torch.Tensor]:
+    """One image's random draws (each stage's kernel or noise) from its own ``seed``, on the CPU.
+
+    ``shape`` is the image's (C,H,W); the bytes ``apply_params`` then gives depend on neither the
+    batch nor the device (streaming data: DataLoader workers draw, the training device applies).
+    """
+    gen = _block_generator(int(seed), 0)
+    return _sample_batch(_stages(kind), parse_level(level), (1, *shape), gen, torch.device("cpu"))
+
+
+def apply_params(
+    images: torch.Tensor,
+    kind: str,
+    params: Sequence[Sequence[torch.Tensor]],
+    border: str = DEFAULT_BORDER,
+) -> torch.Tensor:
+    """Apply per-image draws (``draw_params``, one list per image) to a batch on its device."""
+    stages, images, border = _stages(kind), _check_batch(images), _check_border(border)
+    if len(params) != len(images):
+        raise ValueError(f"{len(params)} draws for a batch of {len(images)} images")
+    if len(images) == 0:
+        return images.clone()
+    batched = [stage.concat(p) for stage, p in zip(stages, zip(*params, strict=True), strict=True)]
+    return _apply_batch(images, stages, batched, border)
+
+
+def distort_batch_seeded(
+    images: torch.Tensor,
+    kind: str,
+    level: LevelSpec,
+    seeds: Sequence[int],
+    border: str = DEFAULT_BORDER,
+) -> torch.Tensor:
+    """Distort a batch (N,C,H,W) on its device, image i drawing from its own ``seeds[i]``."""
+    images = _check_batch(images)
+    if len(seeds) != len(images):
+        raise ValueError(f"{len(seeds)} seeds for a batch of {len(images)} images")
+    draws = [draw_params(kind, level, images.shape[1:], s) for s in seeds]
+    return apply_params(images, kind, draws, border)
+
+
 def _block_generator(seed: int, block: int) -> torch.Generator:
     """A CPU generator for one RNG block of a split, derived from (seed, block index)."""
     state = np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0]

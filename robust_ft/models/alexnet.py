@@ -69,8 +69,16 @@ class AlexNet(nn.Module):
     def load_pretrained(
         self, path: str | os.PathLike | None = None, download: bool = True
     ) -> "AlexNet":
-        """Load torchvision's ImageNet weights from `path`, the torch hub cache, or the web."""
-        self.load_state_dict(_remap(_read_weights(path, download), self.state_dict()))
+        """Load torchvision's ImageNet weights from `path`, the torch hub cache, or the web.
+
+        With ``num_classes`` other than 1000 (own data), fc8 keeps its random initialisation.
+        """
+        own = self.state_dict()
+        weights = _read_weights(path, download)
+        if self.fc8.out_features != 1000:
+            own = {k: v for k, v in own.items() if not k.startswith("fc8.")}
+            weights = {k: v for k, v in weights.items() if not k.startswith("classifier.6.")}
+        self.load_state_dict(_remap(weights, own), strict=self.fc8.out_features == 1000)
         return self
 
 

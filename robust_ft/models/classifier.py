@@ -90,7 +90,12 @@ class ImageClassifier(L.LightningModule):
         if sch.lr_schedule == "logspace" and not sch.lr_final:
             raise ValueError("lr_schedule logspace needs lr_final, e.g. --model.lr_final 1e-10")
         if pretrained:
-            self.net.load_pretrained()
+            try:
+                self.net.load_pretrained()
+            except RuntimeError as e:
+                raise ValueError(
+                    f"{e}; or pass --model.pretrained false to start from random weights"
+                ) from None
         if (
             init_from
             and not init_from.startswith(("latest", "runs:/"))

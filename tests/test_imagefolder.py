@@ -1,0 +1,216 @@
+"""Own data: ImageFolder trees for every model, every PIL mode, dataset identity, cache keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONF, run_cli
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from robust_ft.data.imagefolder import ImageFolderDataModule, decode, to_8bit
+from robust_ft.data.make_folder import make_folder
+
+
+def _grey(value: int, mode: str, size=(4, 4)) -> Image.Image:
+    return Image.fromarray(np.full(size[::-1], value, np.uint8)).convert(mode)
+
+
+@pytest.mark.parametrize(
+    "make, channels, expected",
+    [
+        (lambda: _grey(100, "L"), 1, 100),
+        (lambda: _grey(255, "1"), 1, 255),
+        (lambda: _grey(100, "RGB"), 3, 100),
+        (lambda: _grey(100, "L"), 3, 100),
+        (lambda: _grey(100, "RGB"), 1, 100),
+        (lambda: _grey(100, "P"), 1, 100),
+        (lambda: _grey(100, "CMYK"), 1, 100),
+        (lambda: Image.fromarray(np.full((4, 4), 128 * 257, np.uint16)), 1, 128),
+        (lambda: Image.fromarray(np.full((4, 4), 65535, np.int32)), 1, 255),
+        (lambda: Image.fromarray(np.full((4, 4, 4), [10, 20, 30, 0], np.uint8)), 3, 255),
+        (lambda: Image.fromarray(np.full((4, 4, 2), [100, 255], np.uint8)), 1, 100),
+    ],
+    ids=["L", "1", "RGB", "L->3", "RGB->1", "P", "CMYK", "I;16", "I", "RGBA-clear", "LA"],
+)
+def test_every_pil_mode_converts(make, channels, expected):
+    a = np.asarray(to_8bit(make(), channels))
+    assert a.dtype == np.uint8 and a.shape == ((4, 4) if channels == 1 else (4, 4, 3))
+    assert abs(int(a.mean()) - expected) <= 1, a
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG of mid-grey decodes to mid-grey (it used to clip to white)."""
+    f = tmp_path / "x.png"
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(f)
+    a = decode(f, channels=1, resize=8, crop=8)
+    assert a.shape == (8, 8) and int(a.mean()) == round(30000 / 257)
+
+
+def test_unsupported_mode_is_refused_by_name(tmp_path):
+    f = tmp_path / "x.tif"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32), "F").save(f)
+    with pytest.raises(ValueError, match="x.tif.*PIL mode 'F' is not supported"):
+        decode(f, channels=1, resize=8, crop=8)
+
+
+def test_oversized_image_says_how_to_fix(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    f = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(f)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="too large to decode safely.*ROBUST_FT_MAX_IMAGE_PIXELS"):
+        decode(f, channels=1, resize=8, crop=8)
+
+
+def test_channels_and_size_follow_the_model(tmp_path):
+    make_folder(tmp_path / "shapes", size=40, mode="RGB", train_per_class=4, val_per_class=2)
+    dm = ImageFolderDataModule(root=str(tmp_path / "shapes"), channels=1, crop=28)
+    assert dm.image_shape == (1, 28, 28) and dm.num_classes == 3
+    assert dm.dataset_name == "shapes"
+    x, y = dm.load_split("train")
+    assert x.shape == (12, 28, 28) and sorted(set(y.tolist())) == [0, 1, 2]
+
+
+def test_class_sets_of_the_splits_must_agree(tmp_path):
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1)
+    (root / "val" / "class_2").rename(root / "val" / "class_9")
+    with pytest.raises(
+        ValueError, match=r"only in train/: \['class_2'\]; only in val/: \['class_9'\]"
+    ):
+        ImageFolderDataModule(root=str(root), channels=1, crop=28)
+
+
+def test_decoded_cache_is_keyed_by_every_byte(tmp_path):
+    """An edited image of the same size and name is decoded again, not served stale."""
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1, fmt="png")
+    cache = tmp_path / "cache"
+    kw = dict(root=str(root), channels=1, crop=28, cache_dir=str(cache))
+    before, _ = ImageFolderDataModule(**kw).load_split("test")
+    f = root / "val" / "class_0" / "00000.png"
+    a = np.asarray(Image.open(f)).copy()
+    a[0, 0] = 255 - a[0, 0]
+    Image.fromarray(a).save(f)
+    after, _ = ImageFolderDataModule(**kw).load_split("test")
+    assert after[0, 0, 0] == a[0, 0] and before[0, 0, 0] != after[0, 0, 0]
+    assert len(list(cache.glob("*-decoded-test-*.npy"))) == 2
+
+
+def test_distorted_cache_key_hashes_every_image(tmp_path):
+    from robust_ft.data.datamodules import Distortion, SyntheticDataModule
+
+    dm = SyntheticDataModule(root=str(tmp_path), distortion=Distortion("defocus", 1), n_train=200)
+    x = np.zeros((200, 28, 28), np.uint8)
+    first = dm._distorted("train", x, "defocus", 1.0).copy()
+    x[1, 5, 5] = 255  # an image the old key (1 in 64) never looked at
+    second = dm._distorted("train", x, "defocus", 1.0)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not np.array_equal(first, second)
+
+
+def test_cache_files_follow_the_umask(tmp_path):
+    from robust_ft.data.cache import load_or_create
+
+    old = os.umask(0o022)
+    try:
+        load_or_create(tmp_path / "a.npy", lambda: np.zeros(3, np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.npy").stat().st_mode) == 0o644
+
+
+def test_show_distortions_writes_its_cache_outside_the_dataset(workdir):
+    from robust_ft.cli import main
+
+    root = make_folder(workdir / "shapes", train_per_class=2, val_per_class=1)
+    before = sorted(p for p in root.rglob("*"))
+    main(["show-distortions", "--dataset", "imagefolder", "--root", str(root),
+          "--model", "lenet5", "--out", str(workdir / "fig.png")])  # fmt: skip
+    assert (workdir / "fig.png").stat().st_size > 0
+    assert sorted(p for p in root.rglob("*")) == before
+    assert list((workdir / "data" / "cache" / "imagefolder").glob("shapes-decoded-*.npy"))
+
+
+def _fit(root: Path, *extra: str):
+    return run_cli(["fit", "--config", str(CONF / "lenet5_imagefolder.yaml"),
+                    "--data.init_args.root", str(root), "--data.init_args.batch_size", "20",
+                    *extra])  # fmt: skip
+
+
+def test_own_grayscale_folder_pretrain_identity_and_latest(workdir):
+    """LeNet-5 on a folder of 28x28 grayscale PNGs: experiment, digest tag, inputs, latest."""
+    a = make_folder(workdir / "a" / "shapes", seed=0)
+    b = make_folder(workdir / "b" / "shapes", seed=1)  # the same name, other files
+    pre = _fit(a, "--trainer.max_epochs", "2")
+    assert pre.status == "FINISHED" and pre.experiment == "lenet5-shapes"
+    run = MlflowClient().get_run(pre.run_id)
+    assert run.data.tags["dataset"] == "shapes" and len(run.data.tags["dataset_digest"]) == 16
+    names = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+    assert {n for n, _ in names} == {"shapes/train/clean/L0", "shapes/val/clean/L0",
+                                     "shapes/test/clean/L0"}  # fmt: skip
+    assert all(len(d) == 16 for _, d in names)
+    ft = ["--config", str(CONF / "finetune.yaml"), "--data.init_args.distortion.kind", "defocus",
+          "--data.init_args.distortion.level", "2", "--model.finetune.max_epochs", "1"]  # fmt: skip
+    with pytest.raises(Exception, match="no finished clean pre-train.*dataset_digest"):
+        _fit(b, *ft)  # a's pre-train is of other files
+    tuned = _fit(a, *ft)
+    tags = MlflowClient().get_run(tuned.run_id).data.tags
+    assert tags["init_from_run"] == pre.run_id and tags["method"] == "first-3"
+    assert "test/err/defocus/L2" in tuned.metrics
+
+
+@pytest.mark.parametrize(
+    "config, size, extra",
+    [
+        ("cifar10_quick_imagefolder.yaml", 32, []),
+        (
+            "alexnet_imagefolder.yaml",
+            48,
+            [
+                "--model.pretrained",
+                "false",
+                "--model.first_n",
+                "3",
+                "--data.init_args.batch_size",
+                "4",
+            ],
+        ),
+    ],  # fmt: skip
+    ids=["cifar10_quick", "alexnet"],
+)
+def test_own_rgb_folder_for_every_model(workdir, config, size, extra):
+    """The ready configs train on a generated RGB folder: size and channels from the model."""
+    root = make_folder(workdir / "photos", size=size, mode="RGB", train_per_class=4,
+                       val_per_class=2)  # fmt: skip
+    res = run_cli(["fit", "--config", str(CONF / config), "--data.init_args.root", str(root),
+                   "--trainer.fast_dev_run", "true", *extra])  # fmt: skip
+    arch = config.split("_imagefolder")[0]
+    assert res.experiment == f"{arch}-photos" and "test/err/clean/L0" in res.metrics
+    tags = MlflowClient().get_run(res.run_id).data.tags
+    assert tags["weights"] == "random"
+
+
+def test_every_dataset_records_its_inputs(workdir):
+    """The paper's datasets too: one MLflow dataset input per split and distortion, with digest."""
+    from conftest import synthetic_args
+
+    res = run_cli(["fit", "--config", str(CONF / "lenet5_mnist.yaml"), *synthetic_args(),
+                   "--trainer.max_epochs", "1", "--data.init_args.distortion.kind", "noise",
+                   "--data.init_args.distortion.level", "1", "--tracking.log_model", "false",
+                   "--data.init_args.test_kinds", "[clean,noise]"])  # fmt: skip
+    run = MlflowClient().get_run(res.run_id)
+    got = {(d.dataset.name, [t.value for t in d.tags if t.key == "mlflow.data.context"][0])
+           for d in run.inputs.dataset_inputs}  # fmt: skip
+    assert got == {
+        ("synthetic/train/noise/L1", "train"),
+        ("synthetic/val/noise/L1", "val"),
+        ("synthetic/test/clean/L0", "test"),
+        ("synthetic/test/noise/L1", "test"),
+    }
+    assert all(len(d.dataset.digest) == 16 for d in run.inputs.dataset_inputs)
+    assert "dataset_digest" not in run.data.tags  # the paper's datasets are known by name

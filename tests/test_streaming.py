@@ -1,0 +1,190 @@
+"""The streaming path (litdata shards): same images and test errors as the in-memory path,
+per-image distortion seeds, the size threshold, DDP on 2 CPU processes, mid-epoch state."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CONF, run_cli
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.tracking import MlflowClient
+
+from robust_ft.data.distortions import distort_batch_seeded
+from robust_ft.data.imagefolder import ImageFolderDataModule
+from robust_ft.data.make_folder import make_folder
+from robust_ft.data.streaming import sample_seeds
+
+LENET = CONF / "lenet5_imagefolder.yaml"
+
+
+def _all(dm, split):
+    xs, ys, ids = [], [], []
+    for x, y, i in dm.streaming.loader(split):  # clean: no draws
+        xs.append(x), ys.append(y), ids.append(i)
+    x, y, i = torch.cat(xs), torch.cat(ys), torch.cat(ids)
+    order = torch.argsort(i)
+    return x[order], y[order]
+
+
+def test_shards_hold_the_images_of_the_in_memory_path(tmp_path):
+    root = make_folder(tmp_path / "shapes", train_per_class=10, val_per_class=4)
+    kw = dict(root=str(root), channels=1, crop=28, batch_size=7, cache_dir=str(tmp_path / "c"))
+    mem = ImageFolderDataModule(**kw)
+    mem.prepare_data(), mem.setup()
+    stream = ImageFolderDataModule(stream=True, **kw)
+    stream.prepare_data(), stream.setup()
+    for split in ("train", "val", "test"):
+        x, y = _all(stream, split)
+        assert torch.equal(x, mem._data[split][0].images), split
+        assert torch.equal(y, mem._data[split][0].labels), split
+    assert list((tmp_path / "c" / "streaming").glob("shapes-test-*/index.json"))
+    assert not list(root.rglob("*.bin"))  # nothing written into the dataset
+
+
+def test_size_threshold_turns_streaming_on(tmp_path):
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1)
+    kw = dict(root=str(root), channels=1, crop=28, cache_dir=str(tmp_path / "c"))
+    assert ImageFolderDataModule(**kw).streaming is None
+    assert ImageFolderDataModule(stream_above_mb=0.001, **kw).streaming is not None
+
+
+def test_per_image_seeds_make_bytes_independent_of_batch_and_run():
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    seeds = sample_seeds("abc", "test", range(6), "combined", (0.0, 4.0), 0)
+    whole = distort_batch_seeded(x, "combined", "U(0,4)", seeds)
+    parts = torch.cat(
+        [distort_batch_seeded(x[:2], "combined", "U(0,4)", seeds[:2]),
+         distort_batch_seeded(x[2:], "combined", "U(0,4)", seeds[2:])]
+    )  # fmt: skip
+    assert torch.equal(whole, parts) and not torch.equal(whole, x)
+    assert seeds == sample_seeds("abc", "test", range(6), "combined", (0.0, 4.0), 0)
+    assert seeds != sample_seeds("abd", "test", range(6), "combined", (0.0, 4.0), 0)
+    per_epoch = sample_seeds("abc", "train", range(6), "noise", 2.0, 0, epoch=1)
+    assert per_epoch != sample_seeds("abc", "train", range(6), "noise", 2.0, 0, epoch=2)
+
+
+def test_worker_draws_give_the_bytes_of_seeded_distortion(tmp_path):
+    """Test images distorted from the workers' draws equal distort_batch_seeded's (same seeds)."""
+    from robust_ft.data.datamodules import Distortion
+
+    root = make_folder(tmp_path / "shapes", train_per_class=4, val_per_class=3)
+    dm = ImageFolderDataModule(root=str(root), channels=1, crop=28, stream=True, batch_size=4,
+                               cache_dir=str(tmp_path / "c"), num_workers=1,
+                               distortion=Distortion("combined", "U(0,4)"))  # fmt: skip
+    dm.prepare_data(), dm.setup()
+    for batch in dm.streaming.loader("test"):
+        assert len(batch) == 4  # drawn in the worker
+        x, _ = dm.streaming.distort(batch, "test", 0, epoch=0)
+        seeds = sample_seeds(dm.split_digests["test"], "test", batch[2].tolist(), "combined",
+                             (0.0, 4.0), dm.seed)  # fmt: skip
+        assert torch.equal(x, distort_batch_seeded(batch[0], "combined", "U(0,4)", seeds))
+
+
+def _test(root, ckpt, stream: bool, kinds="[clean,defocus,noise]"):
+    return run_cli(["test", "--config", str(LENET), "--data.init_args.root", str(root),
+                    "--model.init_from", ckpt, "--data.init_args.stream", str(stream).lower(),
+                    "--data.init_args.test_kinds", kinds,
+                    "--data.init_args.test_levels", "[1,2]",
+                    "--data.init_args.batch_size", "16"])  # fmt: skip
+
+
+def test_streaming_and_in_memory_give_the_same_test_error(workdir):
+    """One checkpoint tested through both paths: equal errors on clean and defocus (no random
+    draws); noise is the same distribution (other draws) and the same on every streaming run."""
+    root = make_folder(workdir / "shapes", train_per_class=30, val_per_class=20)
+    pre = run_cli(["fit", "--config", str(LENET), "--data.init_args.root", str(root),
+                   "--trainer.max_epochs", "2", "--data.init_args.stream", "true",
+                   "--data.init_args.batch_size", "20"])  # fmt: skip
+    assert pre.status == "FINISHED"
+    mem, stream = _test(root, pre.run_id, False), _test(root, pre.run_id, True)
+    again = _test(root, pre.run_id, True)
+    for key in ("test/err/clean/L0", "test/err/defocus/L1", "test/err/defocus/L2"):
+        assert mem.metrics[key] == stream.metrics[key], key
+    assert stream.test_errors == again.test_errors  # the distorted test set is not stored
+    run = MlflowClient().get_run(stream.run_id)
+    names = {d.dataset.name for d in run.inputs.dataset_inputs}
+    assert "shapes/test/noise/L2" in names and "shapes/test/defocus/L1" in names
+    assert set(mem.metrics) == set(stream.metrics)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_stream_shards(workdir):
+    """2 CPU ranks (gloo) read disjoint halves of the shards (litdata's sharding): one run."""
+    root = make_folder(workdir / "shapes", train_per_class=20, val_per_class=10)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+    cmd = [sys.executable, "-m", "robust_ft", "fit", "--config", str(LENET),
+           "--data.init_args.root", str(root), "--data.init_args.stream", "true",
+           "--data.init_args.batch_size", "10", "--trainer.max_epochs", "2",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--tracking.log_model", "false",
+           "--data.init_args.distortion.kind", "noise",
+           "--data.init_args.distortion.level", "1"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [
+            MlflowClient(env["MLFLOW_TRACKING_URI"])
+            .get_experiment_by_name("lenet5-shapes")
+            .experiment_id
+        ]
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "test/err/noise/L1" in runs[0].data.metrics
+
+
+def test_checkpoint_holds_the_stream_position(workdir):
+    """A checkpoint saved mid-epoch holds the StreamingDataLoader's state (what a resume reads)."""
+    root = make_folder(workdir / "shapes", train_per_class=20, val_per_class=5)
+    res = run_cli(["fit", "--config", str(LENET), "--data.init_args.root", str(root),
+                   "--data.init_args.stream", "true", "--data.init_args.batch_size", "10",
+                   "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                   "--tracking.log_model", "false"])  # fmt: skip
+    ckpt = torch.load(res.checkpoints["last"], weights_only=False, map_location="cpu")
+    state = str(ckpt["loops"]["fit_loop"]["state_dict"])
+    assert "num_samples_yielded" in state, state[:2000]
+
+
+class _StopAt(Callback):
+    """Raise Lightning's SIGTERM exception after ``n`` training batches (a kill mid-epoch)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.n:
+            raise SIGTERMException()
+
+
+class _Count(Callback):
+    def __init__(self):
+        self.samples: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        e = trainer.current_epoch
+        self.samples[e] = self.samples.get(e, 0) + len(batch[1])
+
+
+def test_killed_mid_epoch_resumes_mid_epoch(workdir):
+    """SIGTERM after 3 of 11 batches: the same command resumes the run from interrupted.ckpt and
+    reads only the rest of the epoch (the StreamingDataLoader's state), then the next epoch."""
+    root = make_folder(workdir / "shapes", train_per_class=40, val_per_class=5)  # 108 train
+    args = ["fit", "--config", str(LENET), "--data.init_args.root", str(root),
+            "--data.init_args.stream", "true", "--data.init_args.batch_size", "10",
+            "--trainer.max_epochs", "2", "--tracking.log_model", "false"]  # fmt: skip
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning re-raises the SIGTERM exception
+        run_cli(args, callbacks=[_StopAt(3)])
+    (killed,) = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("lenet5-shapes").experiment_id]
+    )
+    assert killed.info.status in ("KILLED", "FAILED")
+    count = _Count()
+    res = run_cli(args, callbacks=[count])
+    assert res.run_id == killed.info.run_id and res.status == "FINISHED"
+    assert count.samples == {0: 108 - 30, 1: 108}
