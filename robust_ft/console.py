@@ -6,6 +6,7 @@ Lightning's per-test-set tables); ``ROBUST_FT_DEBUG=1`` also shows tracebacks of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -58,3 +59,20 @@ def quiet_loggers() -> None:
     if _quiet["on"]:
         for name in THIRD_PARTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def without_log_lines(logger: str, prefix: str):
+    """Drop one known third-party log line (messages starting with ``prefix``) while inside,
+    unless ``verbose()``."""
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return verbose() or not record.getMessage().startswith(prefix)
+
+    target, drop = logging.getLogger(logger), Drop()
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)

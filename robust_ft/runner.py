@@ -523,7 +523,8 @@ def _log_outputs(cli: RobustCLI, trainer) -> None:
             if path and Path(path).exists():
                 cli.run_logger.log_artifact(path, "checkpoints")
     if tr.log_model and not trainer.fast_dev_run:
-        log_network(cli.run_logger.run_id, cli.model.net)
+        info = cli.datamodule.info
+        log_network(cli.run_logger.run_id, cli.model.net, info.mean, info.std)
 
 
 def _print_summary(cli: RobustCLI, metrics: dict[str, float], run_id: str | None) -> None:

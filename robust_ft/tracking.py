@@ -436,40 +436,63 @@ def resolve_checkpoint(
     return Path(local), run_id
 
 
-def log_network(run_id: str, net, uri: str | None = None) -> None:
-    """Log the network to a run with MLflow's PyTorch flavour (pinned torch: no slow inference).
+def log_network(run_id: str, net, mean, std, uri: str | None = None, name: str = "model") -> None:
+    """Log the network as it is deployed (``UInt8Classifier``: raw uint8 images in) to a run.
 
+    MLflow's PyTorch flavour, pickled (not ``torch.export``: the batch size stays free, and no
+    export notes are printed); the signature says uint8 (-1, C, H, W) -> float32 (-1, classes).
     ``mlflow.pytorch.log_model`` links a model to the active run only, so the run is made active
     for the call and then left with the status it had (``tracked_run`` sets the final one).
     """
     import mlflow
-    import torch
 
+    from robust_ft.models.uint8 import UInt8Classifier
+
+    model = UInt8Classifier(net.cpu().eval(), mean, std).eval()
     uri = uri or default_tracking_uri()
-    example = torch.zeros(2, *net.input_shape).numpy()  # batch >= 2: no specialised batch size
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     outer = mlflow.active_run()
     try:
         if outer is not None and outer.info.run_id == run_id:
-            _log_model(net, example)
+            _log_model(model, name)
             return
         mlflow.start_run(run_id=run_id, nested=outer is not None)
         try:
-            _log_model(net, example)
+            _log_model(model, name)
         finally:
             mlflow.end_run(client(uri).get_run(run_id).info.status)
     finally:
         mlflow.set_tracking_uri(before)  # the fluent API's store is the caller's again
 
 
-def _log_model(net, example) -> None:
+def uint8_signature(input_shape, num_classes: int):
+    """uint8 images (-1, C, H, W) -> float32 logits (-1, classes)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *input_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
+
+
+def _log_model(model, name: str) -> None:
     import mlflow
     import torch
 
-    mlflow.pytorch.log_model(
-        net.cpu().eval(),
-        name="model",
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    from robust_ft.console import without_log_lines
+
+    with torch.no_grad():
+        n_classes = model(torch.zeros(1, *model.input_shape, dtype=torch.uint8)).shape[1]
+    # pickle was chosen (free batch size, an nn.Module that .eval()s): MLflow's caution about it
+    # is no news to the user of robust-ft's own models
+    with without_log_lines("mlflow.pytorch", "Saving pytorch model by Pickle"):
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=uint8_signature(model.input_shape, n_classes),
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
