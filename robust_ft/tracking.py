@@ -457,11 +457,12 @@ def log_network(run_id: str, net, mean, std, uri: str | None = None, name: str =
         if outer is not None and outer.info.run_id == run_id:
             _log_model(model, name)
             return
+        status = client(uri).get_run(run_id).info.status  # start_run makes it RUNNING
         mlflow.start_run(run_id=run_id, nested=outer is not None)
         try:
             _log_model(model, name)
         finally:
-            mlflow.end_run(client(uri).get_run(run_id).info.status)
+            mlflow.end_run(status)
     finally:
         mlflow.set_tracking_uri(before)  # the fluent API's store is the caller's again
 
