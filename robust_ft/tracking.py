@@ -441,26 +441,43 @@ def log_network(run_id: str, net, mean, std, uri: str | None = None, name: str =
 
     MLflow's PyTorch flavour, pickled (not ``torch.export``: the batch size stays free, and no
     export notes are printed); the signature says uint8 (-1, C, H, W) -> float32 (-1, classes).
-    ``mlflow.pytorch.log_model`` links a model to the active run only, so the run is made active
-    for the call and then left with the status it had (``tracked_run`` sets the final one).
     """
-    import mlflow
+    import torch
 
     from robust_ft.models.uint8 import UInt8Classifier
 
     model = UInt8Classifier(net.cpu().eval(), mean, std).eval()
+    with torch.no_grad():
+        n_classes = model(torch.zeros(1, *model.input_shape, dtype=torch.uint8)).shape[1]
+    signature = uint8_signature(model.input_shape, n_classes)
+    log_torch_model(run_id, model, signature, name, uri)
+
+
+def log_torch_model(run_id: str, model, signature, name: str, uri: str | None = None) -> None:
+    """Log an nn.Module to a run with MLflow's PyTorch flavour, pickled, with ``signature``."""
+    with active_run(run_id, uri):
+        _log_model(model, name, signature)
+
+
+@contextlib.contextmanager
+def active_run(run_id: str, uri: str | None = None):
+    """Make ``run_id`` the MLflow fluent API's active run inside the block (its ``log_model``
+    functions link models to the active run only); the run keeps the status it had, and the
+    fluent API its store (``tracked_run`` sets the final status)."""
+    import mlflow
+
     uri = uri or default_tracking_uri()
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     outer = mlflow.active_run()
     try:
         if outer is not None and outer.info.run_id == run_id:
-            _log_model(model, name)
+            yield
             return
         status = client(uri).get_run(run_id).info.status  # start_run makes it RUNNING
         mlflow.start_run(run_id=run_id, nested=outer is not None)
         try:
-            _log_model(model, name)
+            yield
         finally:
             mlflow.end_run(status)
     finally:
@@ -479,21 +496,19 @@ def uint8_signature(input_shape, num_classes: int):
     )
 
 
-def _log_model(model, name: str) -> None:
+def _log_model(model, name: str, signature) -> None:
     import mlflow
     import torch
 
     from robust_ft.console import without_log_lines
 
-    with torch.no_grad():
-        n_classes = model(torch.zeros(1, *model.input_shape, dtype=torch.uint8)).shape[1]
     # pickle was chosen (free batch size, an nn.Module that .eval()s): MLflow's caution about it
     # is no news to the user of robust-ft's own models
     with without_log_lines("mlflow.pytorch", "Saving pytorch model by Pickle"):
         mlflow.pytorch.log_model(
             model,
             name=name,
-            signature=uint8_signature(model.input_shape, n_classes),
+            signature=signature,
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )

@@ -93,7 +93,8 @@ def test_unknown_run_is_a_clear_error(store, capsys):
 
     with pytest.raises(SystemExit) as e:
         cli.main(["register", "--run", "0" * 32])
-    assert e.value.code == 2 and "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"MLflow run {'0' * 32} does not exist" in err, err
 
 
 def _free_port() -> int:
