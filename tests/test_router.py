@@ -118,3 +118,33 @@ def test_mlflow_models_serve_answers_http(built):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_compose_serve_service():
+    """docker/compose.yaml's ``serve`` (profile serve) serves the router from the stack's MLflow."""
+    import shutil
+
+    import yaml
+    from conftest import REPO
+
+    compose = REPO / "docker" / "compose.yaml"
+    s = yaml.safe_load(compose.read_text())["services"]["serve"]
+    assert (
+        s["profiles"] == ["serve"]
+        and s["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    )
+    assert s["command"].startswith("mlflow models serve -m models:/")
+    assert (
+        "lenet5-fashion_mnist-router@current" in s["command"]
+        and "--env-manager local" in s["command"]
+    )
+    assert "/ping" in " ".join(s["healthcheck"]["test"])
+    assert s["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    client = shutil.which("docker-compose")
+    if client is None:
+        pytest.skip("docker-compose is not installed (tests/test_docker.py installs it)")
+    env = {**os.environ, "POSTGRES_PASSWORD": "0123abcd", "SERVE_MODEL": "m@a"}
+    r = subprocess.run([client, "-f", str(compose), "--profile", "serve", "config"],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "models:/m@a" in r.stdout
