@@ -148,3 +148,25 @@ def test_compose_serve_service():
                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "models:/m@a" in r.stdout
+
+
+def test_routing_benchmark_test_set_and_oracle():
+    """benchmarks/routing.py: each image its own kind and level; level 0 untouched; the oracle
+    uses the router's members."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("routing", REPO / "benchmarks" / "routing.py")
+    routing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routing)
+    images = np.random.default_rng(0).integers(0, 256, (64, 1, 28, 28), dtype=np.uint8)
+    x, kinds, levels = routing.mixed_test_set(images, seed=3)
+    again, _, _ = routing.mixed_test_set(images, seed=3)
+    assert (x == again).all() and set(levels) <= {0, 1, 2, 3, 4} and len(set(kinds)) > 1
+    assert (x[levels == 0] == images[levels == 0]).all()
+    assert (x[levels > 0] != images[levels > 0]).any(axis=(1, 2, 3)).mean() > 0.9
+    routes = routes_of(["clean", "noise-L2", "noise-L4"])
+    assert routing.oracle_alias(routes, "noise", 0) == "clean"
+    assert routing.oracle_alias(routes, "noise", 3) in ("noise-L2", "noise-L4")
+    assert routing.oracle_alias(routes, "motion", 3) == "clean"
