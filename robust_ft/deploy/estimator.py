@@ -12,6 +12,7 @@ Images are uint8 (N,1,H,W); colour images are estimated on their luminance.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from torch import nn
 
 KINDS = ("clean", "motion", "defocus", "noise", "combined")
 LEVEL_RANGE = (0.5, 4.0)
+log = logging.getLogger("robust_ft")
 BINS = np.arange(0.5, 4.01, 0.25)
 N_CLASSES = 1 + (len(KINDS) - 1) * len(BINS)
 
@@ -105,7 +107,7 @@ def train(
         opt, max_lr=lr, total_steps=epochs * -(-len(clean) // batch)
     )
     start, loss = time.time(), torch.tensor(0.0)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         x, kinds, levels = random_distortions(clean, g)
         order = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
@@ -115,6 +117,8 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
+        log.info("estimator epoch %d/%d  loss %.4f  %.0f s", epoch, epochs, loss.item(),
+                 time.time() - start)  # fmt: skip
     return net.eval(), TrainStats(epochs, len(clean), time.time() - start, loss.item())
 
 
