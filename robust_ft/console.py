@@ -76,3 +76,15 @@ def without_log_lines(logger: str, prefix: str):
         yield
     finally:
         target.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def warnings_off():
+    """No warnings while inside (unless ``verbose()``): for a third-party call whose warnings are
+    attributed to robust-ft's calling line, which ``quiet_third_party`` lets through."""
+    import warnings
+
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.simplefilter("ignore")
+        yield

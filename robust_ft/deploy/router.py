@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 
-import mlflow.pyfunc
-
 ALIAS_RE = re.compile(r"^(motion|defocus|noise|combined)-L(\d+(?:_\d+)?)$")
 ROUTER_ALIAS = "current"
 
@@ -37,45 +35,6 @@ def choose(routes: dict[str, tuple[str, float]], kind: str, level: float) -> str
     return min(same)[1] if kind != "clean" and same else "clean"
 
 
-class Router(mlflow.pyfunc.PythonModel):
-    """Estimate each image's distortion, run it through the model registered for it."""
-
-    def load_context(self, context) -> None:
-        import mlflow.pytorch
-
-        self.routes = {a: tuple(v) for a, v in context.model_config["routes"].items()}
-        self.estimator = mlflow.pytorch.load_model(context.artifacts["estimator"]).eval()
-        self.models = {
-            a: mlflow.pytorch.load_model(context.artifacts[a]).eval() for a in self.routes
-        }
-
-    def predict(self, context, model_input, params=None):
-        import numpy as np
-        import pandas as pd
-        import torch
-
-        from robust_ft.deploy import estimator as E
-
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.uint8))
-        kinds, levels, _ = E.per_image(E.log_probs(self.estimator, x))
-        chosen = np.array(
-            [
-                choose(self.routes, E.KINDS[k], float(lv))
-                for k, lv in zip(kinds, levels, strict=True)
-            ]
-        )
-        probs = np.zeros((len(x), 0), dtype=np.float32)
-        with torch.no_grad():
-            for alias in np.unique(chosen):
-                idx = np.flatnonzero(chosen == alias)
-                p = self.models[alias](x[idx]).softmax(1).numpy()
-                if probs.shape[1] == 0:
-                    probs = np.zeros((len(x), p.shape[1]), dtype=np.float32)
-                probs[idx] = p
-        return pd.DataFrame({"class": probs.argmax(1) if len(x) else [], "route": chosen,
-                             "probabilities": list(probs)})  # fmt: skip
-
-
 def build_router(model: str, dataset: str, uri: str) -> tuple[str, str, dict]:
     """Log and register ``<model>-<dataset>-router`` from the registered versions; (name,
     version, routes)."""
@@ -84,6 +43,7 @@ def build_router(model: str, dataset: str, uri: str) -> tuple[str, str, dict]:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    from robust_ft.console import warnings_off, without_log_lines
     from robust_ft.deploy.estimate import ALIAS as EST_ALIAS
     from robust_ft.deploy.estimate import NAME as EST_NAME
     from robust_ft.deploy.estimate import load as load_estimator
@@ -106,9 +66,14 @@ def build_router(model: str, dataset: str, uri: str) -> tuple[str, str, dict]:
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *input_shape(model)))])
     )
     tags = {"method": "router", "model": model, "dataset": dataset}
+    # a pickled PythonModel of robust-ft's own: MLflow's notes about that are no news here
+    from robust_ft.deploy.router_model import Router
+
     with (
         tracked_run(name, run_name="router", tags=tags, uri=uri) as run,
         active_run(run.run_id, uri),
+        warnings_off(),
+        without_log_lines("mlflow.pyfunc", "Passing a Python object"),
     ):
         info = mlflow.pyfunc.log_model(
             name="router", python_model=Router(), artifacts=artifacts,
