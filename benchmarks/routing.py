@@ -133,9 +133,11 @@ def bench(model: str, dataset: str, seed: int) -> dict:
     by_level = {k: [100 * float(np.mean(p[levels == lv] != labels[levels == lv])) for lv in range(5)]
                 for k, p in preds.items()}  # fmt: skip
     latency = {}
-    for batch, n in ((128, 2048), (1, 200)):
-        r = per_image_seconds(router.predict, x, batch, n)
-        c = per_image_seconds(lambda b: logits_of(members["clean"], b), x, batch, n)
+    for batch, n in ((128, 2048), (1, 200)):  # best of 3 alternating rounds: a shared machine
+        rounds = [(per_image_seconds(router.predict, x, batch, n),
+                   per_image_seconds(lambda b: logits_of(members["clean"], b), x, batch, n))
+                  for _ in range(3)]  # fmt: skip
+        r, c = min(t[0] for t in rounds), min(t[1] for t in rounds)
         latency[f"batch {batch}"] = {
             "router_ms": 1e3 * r,
             "clean_ms": 1e3 * c,
