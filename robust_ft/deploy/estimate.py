@@ -280,8 +280,8 @@ def estimate_command(a: argparse.Namespace, uri: str) -> dict:
     what = f"{a.data} {a.split}" + (f" distorted {a.distort}" if a.distort else "")
     s = overall
     print(f"{what} ({s['images']} images): {s['kind']}, level {s['level']:.2f}  "
-          f"({100 * s['kind_share']:.0f}% of images called {s['kind']}; per-image levels IQR "
-          f"{s['level_iqr']:.2f})")  # fmt: skip
+          f"({100 * s['kind_share']:.0f}% of images called {s['kind']}; per-image levels: median "
+          f"{s['median_level']:.2f}, IQR {s['level_iqr']:.2f})")  # fmt: skip
     print("\n| per-image kind | images | median level |\n|---|---:|---:|")
     for r in per_kind:
         print(f"| {r['kind']} | {r['images']} | {r['median_level']:.2f} |")

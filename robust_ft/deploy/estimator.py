@@ -158,7 +158,7 @@ def set_estimate(logp: torch.Tensor, floor: float = 1e-3) -> dict:
     """One estimate for a set of images of one distortion: the (kind, level) of the largest
     likelihood, the summed log-probability over its images less the training prior (each
     probability floored at ``floor``: one odd image cannot veto the answer); with the per-image
-    kinds' agreement and the spread (IQR) of per-image levels."""
+    kinds' agreement, and the median and spread (IQR) of per-image levels."""
     prior = class_prior()
     total = logp.exp().clamp(min=floor).log().sum(0) - len(logp) * prior.clamp(min=1e-12).log()
     total[prior == 0] = -torch.inf
@@ -166,10 +166,11 @@ def set_estimate(logp: torch.Tensor, floor: float = 1e-3) -> dict:
     kind, level = ("clean", 0.0) if best == 0 else (
         KINDS[1 + (best - 1) // len(BINS)], float(BINS[(best - 1) % len(BINS)]))  # fmt: skip
     kinds, levels, _ = per_image(logp)
-    q1, q3 = np.percentile(levels, [25, 75])
+    q1, median, q3 = np.percentile(levels, [25, 50, 75])
     return {
         "kind": kind,
         "level": level,
+        "median_level": float(median),
         "kind_share": float(np.mean(kinds == KINDS.index(kind))),
         "level_iqr": float(q3 - q1),
         "images": len(kinds),
