@@ -23,9 +23,14 @@ def store(tmp_path_factory):
     mp.chdir(d)
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     sweep.main(TINY)
     yield uri
+    mlflow.set_tracking_uri(before)
     mp.undo()
 
 

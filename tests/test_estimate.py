@@ -34,9 +34,14 @@ def store(tmp_path_factory):
     mp.chdir(d)
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
     yield uri
+    mlflow.set_tracking_uri(before)
     mp.undo()
 
 

@@ -15,11 +15,16 @@ def logged(tmp_path_factory):
     d = tmp_path_factory.mktemp("logged")
     mp.chdir(d)
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{d / 'mlflow.db'}")
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     res = run_cli(["fit", "--config", str(CONF / "lenet5_mnist.yaml"),
                    *synthetic_args(n_train=128, n_test=128), "--trainer.max_epochs", "1",
                    "--model.lr", "0.05"])  # fmt: skip
     yield res, d
+    mlflow.set_tracking_uri(before)
     mp.undo()
 
 

@@ -37,9 +37,14 @@ def store(tmp_path_factory):
     mp.chdir(d)
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     sweep.main(TINY)
     yield uri
+    mlflow.set_tracking_uri(before)
     mp.undo()
 
 
@@ -126,13 +131,18 @@ def server(tmp_path, monkeypatch):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
     try:
         _wait_http(f"{uri}/health", proc)
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
         yield uri
     finally:
+        mlflow.set_tracking_uri(before)  # later tests must not talk to a stopped server
         proc.terminate()
         proc.wait(timeout=30)
 
@@ -140,7 +150,6 @@ def server(tmp_path, monkeypatch):
 def test_register_on_a_server(server):
     import mlflow
 
-    mlflow.set_tracking_uri(server)
     res = run_cli(["fit", "--config", str(CONF / "lenet5_mnist.yaml"),
                    *synthetic_args(n_train=96, n_test=32), "--trainer.max_epochs", "1",
                    "--data.init_args.distortion.kind", "noise",

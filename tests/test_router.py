@@ -38,12 +38,17 @@ def built(tmp_path_factory):
     mp.chdir(d)
     uri = f"sqlite:///{d / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
     mp.delenv("MLFLOW_RUN_ID", raising=False)
     sweep.main(TINY)
     registry.main(["--from-sweep", "rt", "--advise"])
     estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
     name, version, routes = router.main(["--model", "lenet5", "--dataset", "synthetic"])
     yield uri, name, routes, d
+    mlflow.set_tracking_uri(before)
     mp.undo()
 
 
