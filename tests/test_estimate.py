@@ -72,6 +72,10 @@ def test_validate_prints_the_table_and_logs_it(store, capsys):
     assert (
         "validation/set_level_error/defocus/L2" in MlflowClient(store).get_run(run_id).data.metrics
     )
+    off_grid = estimate.main(["--validate", "--images", "100", "--levels", "1.6"])
+    assert [(r["kind"], r["level"]) for r in off_grid][1:] == [
+        (k, 1.6) for k in ("motion", "defocus", "noise", "combined")
+    ]
 
 
 def test_estimate_a_dataset_and_a_folder(store, capsys, tmp_path):
