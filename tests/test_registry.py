@@ -93,6 +93,18 @@ def test_register_from_sweep_with_advice(store, capsys):
     assert len(c.search_model_versions("name = 'lenet5-synthetic'")) == before
 
 
+def test_register_from_sweep_every_trained_cell(store):
+    """Without --advise: every trained cell is a version (no new aliases but ``clean``)."""
+    c = MlflowClient(store)
+    done = registry.main(["--from-sweep", "reg"])
+    methods = sorted(r.tags["method"] for r in done)
+    assert methods == ["first-1", "first-1", "pretrain", "retrain"]
+    assert {r.alias for r in done} == {"clean", None}
+    versions = c.search_model_versions("name = 'lenet5-synthetic'")
+    assert {v.run_id for v in versions} >= {r.tags["source_run"] for r in done}
+    assert len(versions) == len({v.run_id for v in versions})  # one version per run
+
+
 def test_unknown_run_is_a_clear_error(store, capsys):
     from robust_ft import cli
 
