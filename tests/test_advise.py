@@ -87,3 +87,17 @@ def test_bad_kind_is_a_clear_error(store, capsys):
         cli.main(["advise", *BASE[:4], "--kind", "blur", "--level", "2"])
     assert e.value.code == 2
     assert "--kind 'blur' is not a distortion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["advise", "estimate", "register", "build-router"])
+def test_help_imports_nothing_heavy(command):
+    """`robust-ft <command> --help` answers without importing torch, Lightning or MLflow."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom robust_ft import cli\ntry:\n    cli.main([{command!r}, '--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'mlflow') if m in sys.modules))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"usage: robust-ft {command}" in r.stdout and r.stdout.strip().endswith("[]"), r.stdout

@@ -40,10 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """`robust-ft advise`: print the advice (a table, or JSON)."""
+    a = parse_args(argv)  # before the imports: `--help` answers at once
     from robust_ft.levels import level_text
     from robust_ft.models import n_param_layers
 
-    a = parse_args(argv)
     if a.kind not in ("motion", "defocus", "noise", "combined"):
         raise ValueError(
             f"--kind {a.kind!r} is not a distortion; use motion, defocus, noise or combined"
