@@ -14,7 +14,8 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench bench-setup bench-gpu sweep report tune clean
+.PHONY: setup data demo test test-fast lint format bench bench-setup bench-gpu sweep report tune clean \
+	bench-routing estimator-table
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; set PY=/path/to/python3.11"; exit 1; }
@@ -73,6 +74,31 @@ bench: bench-setup
 	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
 	$(BIN)/python benchmarks/startup.py --out benchmarks/results/startup.json --before 9eb468d
 	$(BIN)/python benchmarks/streaming.py --n 2000 --factor 10 --px 64 --out benchmarks/results/streaming.json
+
+# From study to deployment (README): the routing benchmark from a fresh store, outputs/routing/
+# (about 40 min on 2 CPU cores); `make estimator-table` validates the distortion estimator there.
+ROUTING_URI ?= sqlite:///$(CURDIR)/outputs/routing/mlflow.db
+ROUTING_DATA ?= --data.init_args.train_subset 10000 --data.init_args.val_split 1000 --data.init_args.test_subset 2000
+bench-routing: setup data
+	mkdir -p outputs/routing
+	set -e; export MLFLOW_TRACKING_URI=$(ROUTING_URI); \
+	$(BIN)/python -m robust_ft sweep --model lenet5 --dataset fashion_mnist --levels 1,2,3,4 \
+	    --first-n 4 --no-retrain --budget demo --train-subset 10000 --name routing --root $(DATA_DIR); \
+	$(BIN)/python -m robust_ft fit --config conf/lenet5_fashion_mnist.yaml --config conf/finetune.yaml \
+	    --model.first_n 4 --model.init_from latest --data.init_args.distortion.kind combined \
+	    --data.init_args.distortion.level 'U(0,4)' --model.finetune.lr 1e-3 \
+	    --model.finetune.max_epochs 2 $(ROUTING_DATA) --data.init_args.root $(DATA_DIR); \
+	$(BIN)/python -m robust_ft register --from-sweep routing --advise; \
+	$(BIN)/python -m robust_ft estimate --train --root $(DATA_DIR); \
+	$(BIN)/python -m robust_ft build-router --model lenet5 --dataset fashion_mnist; \
+	$(BIN)/python benchmarks/routing.py --out benchmarks/results/routing.json
+
+estimator-table: setup data
+	mkdir -p outputs/routing
+	export MLFLOW_TRACKING_URI=$(ROUTING_URI); \
+	$(BIN)/python -m robust_ft estimate --validate --root $(DATA_DIR) \
+	|| { $(BIN)/python -m robust_ft estimate --train --root $(DATA_DIR) \
+	     && $(BIN)/python -m robust_ft estimate --validate --root $(DATA_DIR); }
 
 bench-gpu: $(BIN)/.installed  # on a machine with a CUDA GPU (README: Performance, on a GPU)
 	$(BIN)/python benchmarks/gpu.py --out benchmarks/results/gpu.json

@@ -23,6 +23,10 @@ COMMANDS = {
     "sweep": ("robust_ft.sweep:main", "the paper's grid as one resumable MLflow sweep"),
     "report": ("robust_ft.report:main", "Fig. 6/7/8 and Table 1 analogs from MLflow runs"),
     "tune": ("robust_ft.tune:main", "Optuna study of fine-tune learning rates"),
+    "advise": ("robust_ft.deploy.advise:main", "the cheapest good-enough method, from runs"),
+    "estimate": ("robust_ft.deploy.estimate:main", "which distortion (kind, level) images carry"),
+    "register": ("robust_ft.deploy.registry:main", "models into the MLflow Model Registry"),
+    "build-router": ("robust_ft.deploy.router:main", "a served model routing images by distortion"),
 }
 LIGHTNING_COMMANDS = {
     "fit": "train (then test) one run, e.g. fit --config conf/lenet5_fashion_mnist.yaml",

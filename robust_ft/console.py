@@ -6,6 +6,7 @@ Lightning's per-test-set tables); ``ROBUST_FT_DEBUG=1`` also shows tracebacks of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -79,3 +80,32 @@ def quiet_loggers() -> None:
     if _quiet["on"]:
         for name in THIRD_PARTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def without_log_lines(logger: str, prefix: str):
+    """Drop one known third-party log line (messages starting with ``prefix``) while inside,
+    unless ``verbose()``."""
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return verbose() or not record.getMessage().startswith(prefix)
+
+    target, drop = logging.getLogger(logger), Drop()
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def warnings_off():
+    """No warnings while inside (unless ``verbose()``): for a third-party call whose warnings are
+    attributed to robust-ft's calling line, which ``quiet_third_party`` lets through."""
+    import warnings
+
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.simplefilter("ignore")
+        yield

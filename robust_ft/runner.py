@@ -658,7 +658,8 @@ def _log_outputs(cli: RobustCLI, trainer) -> None:
             if path and Path(path).exists():
                 cli.run_logger.log_artifact(path, "checkpoints")
     if tr.log_model and not trainer.fast_dev_run:
-        log_network(cli.run_logger.run_id, cli.model.net)
+        info = cli.datamodule.info
+        log_network(cli.run_logger.run_id, cli.model.net, info.mean, info.std)
     errors = [k for k in trainer.callback_metrics if k.startswith("test/err/")]
     if errors:  # the experiment's saved UI view gains this run's error columns
         from robust_ft.ui import add_to_view

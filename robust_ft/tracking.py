@@ -372,40 +372,79 @@ def _when(ms: int | None) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
 
 
-def log_network(run_id: str, net, uri: str | None = None) -> None:
-    """Log the network to a run with MLflow's PyTorch flavour (pinned torch: no slow inference).
+def log_network(run_id: str, net, mean, std, uri: str | None = None, name: str = "model") -> None:
+    """Log the network as it is deployed (``UInt8Classifier``: raw uint8 images in) to a run.
 
-    ``mlflow.pytorch.log_model`` links a model to the active run only, so the run is made active
-    for the call and then left with the status it had (``tracked_run`` sets the final one).
+    MLflow's PyTorch flavour, pickled (not ``torch.export``: the batch size stays free, and no
+    export notes are printed); the signature says uint8 (-1, C, H, W) -> float32 (-1, classes).
     """
-    import mlflow
     import torch
 
+    from robust_ft.models.uint8 import UInt8Classifier
+
+    model = UInt8Classifier(net.cpu().eval(), mean, std).eval()
+    with torch.no_grad():
+        n_classes = model(torch.zeros(1, *model.input_shape, dtype=torch.uint8)).shape[1]
+    signature = uint8_signature(model.input_shape, n_classes)
+    log_torch_model(run_id, model, signature, name, uri)
+
+
+def log_torch_model(run_id: str, model, signature, name: str, uri: str | None = None) -> None:
+    """Log an nn.Module to a run with MLflow's PyTorch flavour, pickled, with ``signature``."""
+    with active_run(run_id, uri):
+        _log_model(model, name, signature)
+
+
+@contextlib.contextmanager
+def active_run(run_id: str, uri: str | None = None):
+    """Make ``run_id`` the MLflow fluent API's active run inside the block (its ``log_model``
+    functions link models to the active run only); the run keeps the status it had, and the
+    fluent API its store (``tracked_run`` sets the final status)."""
+    import mlflow
+
     uri = uri or default_tracking_uri()
-    example = torch.zeros(2, *net.input_shape).numpy()  # batch >= 2: no specialised batch size
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     outer = mlflow.active_run()
     try:
         if outer is not None and outer.info.run_id == run_id:
-            _log_model(net, example)
+            yield
             return
+        status = client(uri).get_run(run_id).info.status  # start_run makes it RUNNING
         mlflow.start_run(run_id=run_id, nested=outer is not None)
         try:
-            _log_model(net, example)
+            yield
         finally:
-            mlflow.end_run(client(uri).get_run(run_id).info.status)
+            mlflow.end_run(status)
     finally:
         mlflow.set_tracking_uri(before)  # the fluent API's store is the caller's again
 
 
-def _log_model(net, example) -> None:
+def uint8_signature(input_shape, num_classes: int):
+    """uint8 images (-1, C, H, W) -> float32 logits (-1, classes)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *input_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
+
+
+def _log_model(model, name: str, signature) -> None:
     import mlflow
     import torch
 
-    mlflow.pytorch.log_model(
-        net.cpu().eval(),
-        name="model",
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
+    from robust_ft.console import without_log_lines
+
+    # pickle was chosen (free batch size, an nn.Module that .eval()s): MLflow's caution about it
+    # is no news to the user of robust-ft's own models
+    with without_log_lines("mlflow.pytorch", "Saving pytorch model by Pickle"):
+        mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=signature,
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
