@@ -618,7 +618,7 @@ def build_report(parent_run: str | None = None, experiments: Iterable[str] = (),
     return out / "index.html"
 
 
-def _find_sweep(client, name: str | None) -> str | None:
+def find_sweep(client, name: str | None) -> str | None:
     """The newest sweep parent run (named ``name`` when given); None when there is none."""
     exps = [e.experiment_id for e in client.search_experiments()]
     where = "tags.sweep_role = 'parent'" + (f" and tags.sweep = '{name}'" if name else "")
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not parent and not experiments:  # a named sweep, else the newest one, else every run
         from robust_ft.tracking import client
 
-        parent = _find_sweep(client(a.tracking_uri), a.sweep or None)
+        parent = find_sweep(client(a.tracking_uri), a.sweep or None)
     start = time.time()
     path = build_report(parent, experiments, a.out, a.tracking_uri, log=not a.no_log)
     print(f"[report] done in {time.time() - start:.1f} s")

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def read_records(a: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     """The long table of test errors (``report.records``) of the runs asked for, and the runs."""
-    from robust_ft.report import _find_sweep, fetch_runs, records
+    from robust_ft.report import fetch_runs, find_sweep, records
     from robust_ft.settings import experiment_name
     from robust_ft.tracking import check_reachable, client, default_tracking_uri
 
@@ -66,7 +66,7 @@ def read_records(a: argparse.Namespace) -> tuple[pd.DataFrame, dict]:
     check_reachable(uri)
     c = client(uri)
     if a.sweep:
-        runs = fetch_runs(c, parent=_find_sweep(c, a.sweep))
+        runs = fetch_runs(c, parent=find_sweep(c, a.sweep))
     else:
         name = a.experiment or experiment_name(a.model, a.dataset)
         runs = fetch_runs(c, experiments=[name]) if c.get_experiment_by_name(name) else []

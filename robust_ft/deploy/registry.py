@@ -39,8 +39,8 @@ def version_tags(run) -> dict[str, str]:
 
     t, m = run.data.tags, run.data.metrics
     kind = t.get("distortion", "clean")
-    level = t.get("level", "0")
-    own = m.get(f"test/err/{kind}/{level_tag(level)}") if kind != "clean" else None
+    level = level_tag(t.get("level", "0"))  # as the run's tag and metric keys: L2, LU0-4
+    own = m.get(f"test/err/{kind}/{level}") if kind != "clean" else None
     clean = m.get("test/err/clean/L0")
     tags = {"method": t.get("method", "?"), "kind": kind, "level": level,
             "first_n": t.get("first_n", "?"), "source_run": run.info.run_id}  # fmt: skip
@@ -143,12 +143,13 @@ def register_sweep(sweep: str, advised: bool, tolerance: float, uri: str | None 
     (kind, level) the run of the method ``advise`` picks under its alias; else every trained
     cell (no alias but ``clean``)."""
     from robust_ft.deploy.advise import advise
-    from robust_ft.report import _find_sweep, fetch_runs, records
+    from robust_ft.levels import level_text
+    from robust_ft.report import fetch_runs, find_sweep, records
     from robust_ft.tracking import client, default_tracking_uri
 
     uri = uri or default_tracking_uri()
     c = client(uri)
-    runs = {r.info.run_id: r for r in fetch_runs(c, parent=_find_sweep(c, sweep))}
+    runs = {r.info.run_id: r for r in fetch_runs(c, parent=find_sweep(c, sweep))}
     trained = [r for r in runs.values() if r.data.tags.get("method") != "notrain"]
     pre = [r for r in trained if r.data.tags.get("method") == "pretrain"]
     out = [register_run(r.info.run_id, uri) for r in pre[:1]]
@@ -157,7 +158,9 @@ def register_sweep(sweep: str, advised: bool, tolerance: float, uri: str | None 
         return out + [register_run(r.info.run_id, uri, alias=False) for r in rest]
     rec = records(list(runs.values()))
     rec = rec[rec.stat == "err"]
-    cells = {(r.data.tags["distortion"], r.data.tags["level"]) for r in trained} - {("clean", "0")}
+    cells = {(r.data.tags["distortion"], level_text(r.data.tags["level"])) for r in trained} - {
+        ("clean", "0")
+    }
     for kind, level in sorted(cells):
         t = trained[0].data.tags
         a = advise(rec, runs, t["model"], t["dataset"], kind, level, tolerance)
@@ -198,6 +201,6 @@ def main(argv: list[str] | None = None) -> list[Registered]:
         what = "registered" if r.created else "already registered"
         alias = f" @{r.alias}" if r.alias else ""
         print(f"{what}: models:/{r.name}/{r.version}{alias}  ({r.tags['method']}, {r.tags['kind']} "
-              f"L{r.tags['level']}, test error {r.tags.get('test_error', '?')}%, run "
+              f"{r.tags['level']}, test error {r.tags.get('test_error', '?')}%, run "
               f"{r.tags['source_run']})")  # fmt: skip
     return done
