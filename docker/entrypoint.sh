@@ -7,7 +7,7 @@ set -e
 # ./mlruns (local MLflow artifacts) links into /app/outputs; a fresh volume lacks the target.
 if [ -L /app/mlruns ] && [ ! -e /app/mlruns ]; then mkdir -p /app/outputs/mlruns 2>/dev/null || true; fi
 case "${1:-}" in
-    "" | -h | --help | fit | validate | test | demo | show-distortions | sweep | report | tune | advise | estimate | register | build-router)
+    "" | -h | --help | fit | validate | test | demo | show-distortions | sweep | report | tune | advise | estimate | register | build-router | make-folder)
         exec robust-ft "$@"
         ;;
 esac

@@ -46,7 +46,7 @@ def test_cheapest_method_within_tolerance(store, capsys):
     errors = {r["method"]: r["error"] for r in a["evidence"]}
     assert a["answer"] == a["best"] == min(errors, key=errors.get)
     run = MlflowClient(store).get_run(a["evidence"][1]["run_ids"][0])
-    assert run.data.tags["method"] == "first-1" and run.data.tags["level"] == "1"
+    assert run.data.tags["method"] == "first-1" and run.data.tags["level"] == "L1"
     assert a["evidence"][1]["error"] == pytest.approx(
         run.data.metrics["test/err/defocus/L1"], abs=1e-3
     )

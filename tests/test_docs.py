@@ -43,6 +43,9 @@ BUDGET = [  # (a command's start, flags appended to it)
     (rf"{CLI} demo\b(?!.*--help)", DEMO),
     (rf"{CLI} sweep\b(?!.*(?:--help|--dry-run))", SWEEP),
     (rf"{CLI} tune\b(?!.*--help)", TUNE),
+    (rf"{CLI} estimate\b.*--train\b", "--epochs 1 --train-images 2000"),
+    (rf"{CLI} estimate\b.*--validate\b", "--images 100"),
+    (rf"{CLI} estimate\b.*--data\b", "--limit 300"),
 ]
 MLFLOW_RUN = {"pretrain": FIT, "finetune": FIT, "retrain": FIT, "evaluate": FIT, "main": DEMO,
               "tune": TUNE, "sweep": SWEEP}  # fmt: skip

@@ -172,7 +172,7 @@ def test_register_on_a_server(server):
     )
     c = MlflowClient(server)
     v = c.get_model_version_by_alias("lenet5-synthetic", "noise-L3")
-    assert v.tags["kind"] == "noise" and v.tags["first_n"] == "4" and v.run_id == res.run_id
+    assert v.tags["kind"] == "noise" and v.tags["first_n"] == "all" and v.run_id == res.run_id
     model = mlflow.pyfunc.load_model("models:/lenet5-synthetic@noise-L3")
     images = np.zeros((2, 1, 28, 28), dtype=np.uint8)
     assert model.predict(images).shape == (2, 10)

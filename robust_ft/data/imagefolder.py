@@ -167,12 +167,18 @@ def decode(path: Path, channels: int, resize: int, crop: int) -> np.ndarray:
         raise ValueError(f"cannot decode image {path}: {e}; remove or replace the file") from None
 
 
+_PIL_LIMIT: list[int | None] = []  # PIL's own limit, kept the first time it is overridden
+
+
 def _pixel_limit() -> None:
+    """PIL's decompression-bomb limit: ``ROBUST_FT_MAX_IMAGE_PIXELS`` when set, else PIL's own
+    (a limit set for one dataset does not stay for the next)."""
     from PIL import Image
 
+    if not _PIL_LIMIT:
+        _PIL_LIMIT.append(Image.MAX_IMAGE_PIXELS)
     limit = os.environ.get("ROBUST_FT_MAX_IMAGE_PIXELS")
-    if limit:
-        Image.MAX_IMAGE_PIXELS = int(limit)
+    Image.MAX_IMAGE_PIXELS = int(limit) if limit else _PIL_LIMIT[0]
 
 
 class ImageFolderDataModule(DistortedDataModule):

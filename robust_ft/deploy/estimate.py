@@ -239,15 +239,11 @@ def _folder_images(path: Path):
     import numpy as np
     from PIL import Image
 
-    from robust_ft.data.datamodules import ImageFolderDataModule
+    from robust_ft.data.imagefolder import EXTENSIONS
 
-    files = sorted(
-        p for p in path.rglob("*") if p.suffix.lower() in ImageFolderDataModule.EXTENSIONS
-    )
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
     if not files:
-        raise ValueError(
-            f"no image files under {path}; accepted: {', '.join(ImageFolderDataModule.EXTENSIONS)}"
-        )
+        raise ValueError(f"no image files under {path}; accepted: {', '.join(EXTENSIONS)}")
     arrays = [np.asarray(Image.open(f).convert("L")) for f in files]
     shape = arrays[0].shape
     if any(a.shape != shape for a in arrays):
