@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -72,3 +73,48 @@ def run_cli(args: list[str], callbacks=()):
     from robust_ft.runner import run
 
     return run(args[0], argv=args[1:], callbacks=callbacks)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120) -> None:
+    """Wait until ``url`` answers, failing at once if the server process ``proc`` exits."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "server exited"
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+@contextlib.contextmanager
+def isolated_store(directory: Path):
+    """A module's own SQLite MLflow store in ``directory``: cwd, ``MLFLOW_TRACKING_URI`` and
+    MLflow's fluent URI point at it inside the block and are restored after; yields the URI."""
+    import mlflow
+
+    mp = pytest.MonkeyPatch()
+    mp.chdir(directory)
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.delenv("MLFLOW_RUN_ID", raising=False)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(before)
+        mp.undo()

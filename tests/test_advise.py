@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import isolated_store
 from mlflow.tracking import MlflowClient
 
 from robust_ft import cli, sweep
@@ -18,20 +19,10 @@ BASE = ["--model", "lenet5", "--dataset", "synthetic", "--kind", "defocus"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tiny sweep: pretrain, no-train, first-1 and re-train at defocus levels 1 and 3."""
-    mp = pytest.MonkeyPatch()
     d = tmp_path_factory.mktemp("advise")
-    mp.chdir(d)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    sweep.main(TINY)
-    yield uri
-    mlflow.set_tracking_uri(before)
-    mp.undo()
+    with isolated_store(d) as uri:
+        sweep.main(TINY)
+        yield uri
 
 
 def _advice(capsys, *args) -> dict:

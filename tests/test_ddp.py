@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, synthetic_args
+from conftest import CONF, free_port, synthetic_args
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # ~1-2 min: five Python processes start up, on 2 cores
@@ -95,12 +94,6 @@ def _weights(workdir: Path, run_id: str) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One process with batch 128 and two DDP ranks with 64 each, run side by side."""
@@ -165,7 +158,7 @@ def test_two_nodes_by_env_vars_make_one_run(runs, tmp_path):
     """Lightning's multi-node launch (MASTER_ADDR/MASTER_PORT/NODE_RANK/WORLD_SIZE), simulated as
     two 1-device "nodes" on this machine that share one working directory (like NFS)."""
     _, two = runs
-    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
     extra = ("--trainer.num_nodes", "2")
     procs = [
         _start(tmp_path, _cmd(1, N_TRAIN // 2, extra), NODE_RANK=str(node), **env)

@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, free_port
 
 DOCKER_DIR = REPO / "docker"
 IMAGE = "robust-ft:test"
@@ -30,12 +29,6 @@ BASE = "robust-ft-base:bookworm"
 # Wheels for the image, downloaded on the host (its proxy and CA settings apply) and kept
 # between runs; the build installs only these (no index), so it needs no TLS from inside.
 WHEELHOUSE = Path(os.environ.get("ROBUST_FT_WHEELHOUSE", REPO / ".cache" / "wheelhouse"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _compose() -> dict:
@@ -228,7 +221,7 @@ def test_compose_stack_trains_and_tracks(image, tmp_path):
     _run([docker, "build", "--network", "host", "-f", str(DOCKER_DIR / "postgres.Dockerfile"),
           "-t", pg_image, "--build-arg", f"BASE={BASE}", str(DOCKER_DIR)], 900,
          env={**os.environ, "DOCKER_BUILDKIT": "0"})  # fmt: skip
-    port = _free_port()
+    port = free_port()
     password = secrets.token_hex(12)
     env_file = tmp_path / "stack.env"
     env_file.write_text(

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import isolated_store
 from mlflow.tracking import MlflowClient
 
 from robust_ft import cli
@@ -29,20 +30,10 @@ def test_joint_classes_and_set_estimate_round_trip():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An estimator trained on 2,000 images for one epoch (a smoke-sized one) in a SQLite store."""
-    mp = pytest.MonkeyPatch()
     d = tmp_path_factory.mktemp("estimate")
-    mp.chdir(d)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
-    yield uri
-    mlflow.set_tracking_uri(before)
-    mp.undo()
+    with isolated_store(d) as uri:
+        estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
+        yield uri
 
 
 def test_estimator_is_logged_and_registered(store):

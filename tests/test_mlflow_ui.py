@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_http
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -43,24 +43,6 @@ def _chromium() -> str:
         if r.returncode != 0:
             pytest.skip(f"cannot install chromium: {r.stderr[-500:]}")
     return shutil.which("chromium") or pytest.skip("chromium still missing after apt-get")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "mlflow server exited"
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
 async def _browse(chromium: str, url: str, expect: list[str], timeout: float) -> tuple[str, bytes]:
@@ -130,7 +112,7 @@ def store(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def server(store, tmp_path):
     """A real ``mlflow server`` on 127.0.0.1 over the store; its base URL."""
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.Popen(
@@ -140,7 +122,7 @@ def server(store, tmp_path):
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/health", 180, proc)
+        wait_http(f"{base}/health", proc, 180)
         yield base
     finally:
         proc.terminate()

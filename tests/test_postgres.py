@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,19 +22,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CONF, synthetic_yaml
+from conftest import CONF, free_port, synthetic_yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
 
 USER = "robust"
 SYNTH_YAML = synthetic_yaml(cache=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path | None:
@@ -79,7 +72,7 @@ def postgres():
     pwfile.write_text(password + "\n")
     if as_user:
         shutil.chown(pwfile, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     data = root / "data"
     run = dict(check=True, capture_output=True, text=True)
     subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-U", USER,
@@ -104,7 +97,7 @@ def mlflow_server(postgres, tmp_path_factory):
     """``mlflow server`` with the PostgreSQL backend and served local artifacts; yields its URL."""
     hostport, password = postgres
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server",
         "--backend-store-uri", f"postgresql://{USER}:{password}@{hostport}/mlflow",

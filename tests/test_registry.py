@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
-from conftest import CONF, run_cli, synthetic_args
+from conftest import CONF, free_port, isolated_store, run_cli, synthetic_args, wait_http
 from mlflow.tracking import MlflowClient
 
 from robust_ft import sweep
@@ -32,20 +29,10 @@ def test_aliases():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A tiny sweep (its cells log checkpoints, not models) in a SQLite store."""
-    mp = pytest.MonkeyPatch()
     d = tmp_path_factory.mktemp("registry")
-    mp.chdir(d)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    sweep.main(TINY)
-    yield uri
-    mlflow.set_tracking_uri(before)
-    mp.undo()
+    with isolated_store(d) as uri:
+        sweep.main(TINY)
+        yield uri
 
 
 def _run_of(client, cell_suffix: str):
@@ -114,28 +101,10 @@ def test_unknown_run_is_a_clear_error(store, capsys):
     assert e.value.code == 2 and f"MLflow run {'0' * 32} does not exist" in err, err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, "server exited"
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s")
-
-
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """A real `mlflow server` (one worker, SQLite backend, proxied artifacts) on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--workers", "1",
            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
            "--artifacts-destination", str(tmp_path / "artifacts"),
@@ -147,7 +116,7 @@ def server(tmp_path, monkeypatch):
 
     before = mlflow.get_tracking_uri()
     try:
-        _wait_http(f"{uri}/health", proc)
+        wait_http(f"{uri}/health", proc)
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

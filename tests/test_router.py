@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import free_port, isolated_store
 
 from robust_ft import sweep
 from robust_ft.deploy import estimate, registry, router
@@ -33,23 +33,13 @@ def test_routes_and_choice():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A tiny sweep's advised models, a smoke-sized estimator, and the router, in SQLite."""
-    mp = pytest.MonkeyPatch()
     d = tmp_path_factory.mktemp("router")
-    mp.chdir(d)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    import mlflow
-
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mp.delenv("MLFLOW_RUN_ID", raising=False)
-    sweep.main(TINY)
-    registry.main(["--from-sweep", "rt", "--advise"])
-    estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
-    name, version, routes = router.main(["--model", "lenet5", "--dataset", "synthetic"])
-    yield uri, name, routes, d
-    mlflow.set_tracking_uri(before)
-    mp.undo()
+    with isolated_store(d) as uri:
+        sweep.main(TINY)
+        registry.main(["--from-sweep", "rt", "--advise"])
+        estimate.main(["--train", "--epochs", "1", "--train-images", "2000"])
+        name, version, routes = router.main(["--model", "lenet5", "--dataset", "synthetic"])
+        yield uri, name, routes, d
 
 
 def _images(n: int) -> np.ndarray:
@@ -82,12 +72,6 @@ def test_router_predicts_any_batch(built):
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, images: np.ndarray) -> dict:
     body = json.dumps({"inputs": images.tolist()}).encode()
     req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
@@ -98,7 +82,7 @@ def _post(url: str, images: np.ndarray) -> dict:
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_http(built):
     uri, name, routes, d = built
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@current",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]  # fmt: skip
     # uvicorn is started by name: the venv's bin/ must be on PATH (as in an activated venv)

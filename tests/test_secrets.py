@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
+from conftest import free_port
 
 from robust_ft.stores import redact, scrub, secrets_of, ui_command
 
@@ -84,14 +85,6 @@ def test_console_lines_are_scrubbed(monkeypatch, capsys):
     assert "robust:***@db/mlflow" in err and SECRET not in err and ENC not in err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # an `mlflow server` and a tiny fit and test through it: ~1 min
 def test_no_secret_of_the_tracking_uri_in_a_real_runs_output_params_tags_or_artifacts(tmp_path):
     """Credentials in an http(s) tracking URI (``user:password@``): the fit's and test's console,
@@ -106,7 +99,7 @@ def test_no_secret_of_the_tracking_uri_in_a_real_runs_output_params_tags_or_arti
     from conftest import CONF, synthetic_args
     from mlflow.tracking import MlflowClient
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--backend-store-uri",
