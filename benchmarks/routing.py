@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -89,20 +87,10 @@ def register_allround(name: str) -> str:
     return register_run(runs[0].info.run_id).alias
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
-
-
 def bench(model: str, dataset: str, seed: int) -> dict:
     """Errors of the four ways on one mixed test set, the router's latency, its route accuracy."""
     import mlflow
+    from distortions import machine  # benchmarks/ is the script's directory
 
     from robust_ft.data.sources import load_idx_dataset
 

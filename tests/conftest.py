@@ -118,3 +118,18 @@ def isolated_store(directory: Path):
     finally:
         mlflow.set_tracking_uri(before)
         mp.undo()
+
+
+def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
+    """``robust-ft fit`` (1 epoch) then ``robust-ft test`` with ``args`` as processes; both must
+    succeed; their console output, joined."""
+    import subprocess
+    import sys
+
+    out = ""
+    for cmd in (["fit", *args, "--trainer.max_epochs", "1"], ["test", *args]):
+        r = subprocess.run([sys.executable, "-m", "robust_ft", *cmd], cwd=cwd, env=env,
+                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        out += r.stdout + r.stderr
+    return out

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CONF, free_port, synthetic_yaml
+from conftest import CONF, fit_then_test, free_port, synthetic_yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
@@ -256,15 +256,9 @@ def test_no_secret_of_a_postgresql_store_in_console_params_tags_or_artifacts(pos
     env.pop("MLFLOW_RUN_ID", None)
     synth = tmp_path / "synth.yaml"
     synth.write_text(SYNTH_YAML)
-    base = [sys.executable, "-m", "robust_ft"]
     args = ["--config", str(CONF / "lenet5_mnist.yaml"), "--config", str(synth),
             "--tracking.log_model", "false"]  # fmt: skip
-    out = ""
-    for cmd in (["fit", *args, "--trainer.max_epochs", "1"], ["test", *args]):
-        r = subprocess.run(base + cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
-        assert r.returncode == 0, r.stderr[-3000:]
-        out += r.stdout + r.stderr
+    out = fit_then_test(args, tmp_path, env, timeout=600)
     assert '--backend-store-uri "$MLFLOW_TRACKING_URI"' in out, out[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("lenet5-synthetic").experiment_id])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from conftest import free_port
+from conftest import fit_then_test, free_port
 
 from robust_ft.stores import redact, scrub, secrets_of, ui_command
 
@@ -121,15 +121,9 @@ def test_no_secret_of_the_tracking_uri_in_a_real_runs_output_params_tags_or_arti
         uri = f"http://alice:{ENC}@127.0.0.1:{port}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
         env.pop("MLFLOW_RUN_ID", None)
-        base = [sys.executable, "-m", "robust_ft"]
         args = ["--config", str(CONF / "lenet5_mnist.yaml"),
                 *synthetic_args(n_train=64, n_test=32), "--tracking.log_model", "false"]  # fmt: skip
-        out = ""
-        for cmd in (["fit", *args, "--trainer.max_epochs", "1"], ["test", *args]):
-            r = subprocess.run(base + cmd, cwd=work, env=env, capture_output=True, text=True,
-                               timeout=300)  # fmt: skip
-            assert r.returncode == 0, r.stderr[-3000:]
-            out += r.stdout + r.stderr
+        out = fit_then_test(args, work, env, timeout=300)
         assert "alice:***@127.0.0.1" in out or "open http://alice:***@" in out, out[-2000:]
         client = MlflowClient(f"http://127.0.0.1:{port}")
         exp = client.get_experiment_by_name("lenet5-synthetic")
