@@ -11,9 +11,11 @@ suite (``make test``, ``make lint``, ``pytest``) are not run from inside it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -49,6 +51,11 @@ BUDGET = [  # (a command's start, flags appended to it)
 ]
 MLFLOW_RUN = {"pretrain": FIT, "finetune": FIT, "retrain": FIT, "evaluate": FIT, "main": DEMO,
               "tune": TUNE, "sweep": SWEEP}  # fmt: skip
+WAIT_HTTP = (  # waits up to 120 s for a URL to answer, else fails the block
+    'python -c "import sys, time, urllib.request as u; t = time.time() + 120\n'
+    "while True:\n try: u.urlopen(sys.argv[1], timeout=2); break\n"
+    ' except OSError:\n  assert time.time() < t, sys.argv[1]; time.sleep(1)"'
+)
 THE_SUITE = re.compile(r"^(?:make (?:test|test-fast|lint|format)|\.venv/bin/pytest|pytest)\b")
 
 
@@ -125,6 +132,11 @@ def with_budget(cmd: str) -> str:
             cmd = cmd.replace(extra[0], f'-P extra="{extra[1]} {flags}"')
         else:
             cmd = f'{cmd} -P extra="{flags}"'
+    server = re.match(r"^mlflow (?:ui|server)\b", cmd)
+    if server and not background:  # a UI a user leaves open: start it, see it answer, stop it
+        port = re.search(r"--port[ =](\d+)", cmd)
+        url = f"http://127.0.0.1:{port[1] if port else 5000}/health"
+        return f"setsid {cmd} & srv=$!; {WAIT_HTTP} {url}; kill -- -$srv"
     if re.match(r"^make demo\b", cmd):  # the set-up's venv is this one: install nothing
         cmd += f' VENV={VENV_BIN.parent} -o {VENV_BIN}/.installed DEMO_ARGS="{DEMO}"'
     return f"{cmd} &" if background else cmd
@@ -198,9 +210,16 @@ def test_block_runs_as_printed(block: Block, checkouts):
     path.write_text(script(block))
     runner = [sys.executable] if block.lang == "python" else ["bash"]
     t0 = time.time()
-    r = subprocess.run(
-        [*runner, str(path)], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1500
-    )
+    # its own session: whatever the block leaves running in the background is stopped after it
+    proc = subprocess.Popen([*runner, str(path)], cwd=cwd, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=1500)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     tail = textwrap.shorten(r.stderr[-3000:], 3000)
     assert r.returncode == 0, f"{block.id} failed (rc {r.returncode}):\n{r.stdout[-3000:]}\n{tail}"
     assert "Traceback" not in r.stderr, f"{block.id}: a traceback\n{r.stderr[-3000:]}"
@@ -219,3 +238,5 @@ def test_budget_flags_are_appended_where_a_command_trains():
     assert cmd.endswith(f'-P extra="--then-finetune {TUNE}"')
     assert with_budget("robust-ft tune --study-name s &").endswith(f"{TUNE} &")
     assert commands("a \\\n  b # c\n# d\n\ne") == ["a b # c", "e"]
+    ui = with_budget("mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5001")
+    assert ui.startswith("setsid mlflow ui") and ui.endswith("5001/health; kill -- -$srv")
