@@ -619,7 +619,10 @@ def _execute(cli: RobustCLI, trainer, summary: bool) -> None:
     else:
         ckpt = cfg.get("ckpt_path") or cli.resume_ckpt
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-        if trainer.global_step == 0 and not trainer.interrupted:
+        # the step count, or (ddp_spawn: the step count stays in the spawned ranks) the logged
+        # training loss, which Lightning brings back to this process
+        trained = trainer.global_step > 0 or "train/loss" in trainer.callback_metrics
+        if not trained and not trainer.interrupted:
             raise ValueError(
                 "fit trained on no batch: the training split is empty (check --data.val_split, "
                 "--data.train_subset and the dataset); the run is marked FAILED"
