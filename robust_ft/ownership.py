@@ -148,3 +148,15 @@ def owner_alive(tags: Mapping[str, str]) -> bool | None:
     if tags.get("host") != socket.gethostname() or not pid.isdigit():
         return None
     return int(pid) == os.getpid() or _alive(int(pid))
+
+
+def refuse_running_duplicate(runs) -> None:
+    """Refuse to start the command that a live process of this host is running already."""
+    for run in runs:
+        mine = run.data.tags.get("pid") == str(os.getpid())
+        if run.info.status == "RUNNING" and not mine and owner_alive(run.data.tags):
+            raise TrackingError(
+                f"the same command is already running: MLflow run {run.info.run_id} of this "
+                f"config is being written by process {run.data.tags['pid']}; wait for it to end "
+                "or stop it, or change a setting (e.g. --seed_everything) to start another run"
+            )

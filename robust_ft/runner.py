@@ -429,6 +429,8 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
         else:
             runs = find_runs(cli.experiment_name(), f"tags.config_hash = '{cli.config_hash}'")
             if launch_rank_zero():  # DDP ranks > 0 join the run of their rank 0
+                from robust_ft.ownership import refuse_running_duplicate
+
                 refuse_running_duplicate(runs)
         if not runs or runs[0].info.status not in ("FAILED", "KILLED"):
             return None, None
@@ -444,22 +446,6 @@ def find_resume(cli: RobustCLI) -> tuple[str | None, str | None]:
             "directory that ran it, or pass --tracking.checkpoint_dir"
         )
     return run_id, str(ckpt)
-
-
-def refuse_running_duplicate(runs) -> None:
-    """Refuse to start the command that a live process of this host is running already."""
-    import os
-
-    from robust_ft.tracking import TrackingError, owner_alive
-
-    for run in runs:
-        mine = run.data.tags.get("pid") == str(os.getpid())
-        if run.info.status == "RUNNING" and not mine and owner_alive(run.data.tags):
-            raise TrackingError(
-                f"the same command is already running: MLflow run {run.info.run_id} of this "
-                f"config is being written by process {run.data.tags['pid']}; wait for it to end "
-                "or stop it, or change a setting (e.g. --seed_everything) to start another run"
-            )
 
 
 def resume_checkpoint(directory: Path) -> Path:
