@@ -133,3 +133,9 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
         assert r.returncode == 0, r.stderr[-3000:]
         out += r.stdout + r.stderr
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Docker tests run last: building the image takes the most disk (~10 GB) and time,
+    and a machine short of either then fails or skips them without touching the others."""
+    items.sort(key=lambda item: item.path.name == "test_docker.py")
