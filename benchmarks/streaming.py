@@ -31,6 +31,15 @@ def _peak_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
+def _own_peak_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). ``ru_maxrss`` of RUSAGE_SELF would also
+    count the parent's RSS at the fork: Linux carries it across execve."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return _peak_mb(resource.RUSAGE_SELF)
+
+
 def _dm(root: str, cache: str, workers: int = 1):
     from robust_ft.data.datamodules import Distortion
     from robust_ft.data.imagefolder import ImageFolderDataModule
@@ -74,7 +83,7 @@ def child_read(root: str, cache: str, epochs: int) -> dict:
                 net((x.float() / 255 - 0.5) / 0.25)
                 n += len(y)
         rates.append(n / (time.perf_counter() - start))
-    return {"epoch_img_s": rates, "peak_rss_main_mb": _peak_mb(resource.RUSAGE_SELF),
+    return {"epoch_img_s": rates, "peak_rss_main_mb": _own_peak_mb(),
             "peak_rss_worker_mb": _peak_mb(resource.RUSAGE_CHILDREN)}  # fmt: skip
 
 

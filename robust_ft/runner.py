@@ -511,8 +511,6 @@ def starting_weights(model_cfg) -> str:
         return "checkpoint"
     if model_cfg.get("pretrained"):
         return "published"
-    if model_cfg.arch == "alexnet":
-        log.info("alexnet starts from random weights (model.pretrained false)")
     return "random"
 
 
@@ -567,6 +565,8 @@ def run(
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}))
     tr, tags = cli.config.tracking, run_tags(cli)
+    if tags["weights"] == "random" and tags["model"] == "alexnet":  # it has published weights
+        log.info("alexnet starts from random weights (model.pretrained false)")
     name = tr.run_name or f"{tags['method']}-{tags['distortion']}-{tags['level']}"
     with tracked_run(
         cli.experiment_name(),

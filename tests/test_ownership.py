@@ -21,17 +21,24 @@ from robust_ft.tracking import tracked_run
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
+# Each claimer waits until all have imported (a file each in the working directory), claims,
+# and an owner holds the run until every other claimer has tried: at once under any load.
 CLAIMER = """
-import sys, time
+import glob, os, sys, time
 from robust_ft.tracking import TrackingError, tracked_run
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+n, deadline = int(sys.argv[2]), time.time() + 120
+open(f"ready-{os.getpid()}", "w").close()
+while len(glob.glob("ready-*")) < n and time.time() < deadline:
+    time.sleep(0.005)
 try:
     with tracked_run("own", run_id=sys.argv[1], tags={"config_hash": "h" * 16}, mark_running=False):
         print("owned", flush=True)
-        time.sleep(3)
+        while len(glob.glob("tried-*")) < n - 1 and time.time() < deadline:
+            time.sleep(0.05)
 except TrackingError as e:
     print("refused:", e, flush=True)
+finally:
+    open(f"tried-{os.getpid()}", "w").close()
 """
 
 
@@ -56,8 +63,7 @@ def test_of_processes_claiming_one_run_at_once_exactly_one_owns_it(workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     with pytest.raises(KeyboardInterrupt), tracked_run("own", tags={"config_hash": "h" * 16}) as t:
         raise KeyboardInterrupt  # a killed run of config hhhh...
-    start = time.time() + 6  # imports done; all claim within milliseconds of each other
-    cmds = [[sys.executable, "-c", CLAIMER, t.run_id, str(start)] for _ in range(3)]
+    cmds = [[sys.executable, "-c", CLAIMER, t.run_id, "3"] for _ in range(3)]
     results = _at_once(cmds, _env(uri), workdir)
     lines = [r.stdout.strip() for r in results]
     assert sum(x == "owned" for x in lines) == 1, [(r.stdout, r.stderr[-500:]) for r in results]

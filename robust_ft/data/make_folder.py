@@ -33,9 +33,9 @@ def make_folder(
         for c in range(classes):
             d = out / split / f"class_{c}"
             d.mkdir(parents=True, exist_ok=True)
-            noise = rng.normal(0, 25, size=(n, size, size, channels))
-            images = np.clip(np.round(templates[c] + noise), 0, 255)
-            for i, a in enumerate(images):
+            for i in range(n):  # one image at a time: 50,000 of 256 px would be 20 GB at once
+                noise = rng.normal(0, 25, size=(size, size, channels))
+                a = np.clip(np.round(templates[c] + noise), 0, 255)
                 a = a[..., 0] if channels == 1 else a
                 if mode == "I;16":
                     im = Image.fromarray((a * 257).astype(np.uint16))  # mode I;16
