@@ -199,6 +199,20 @@ def test_edited_file_gives_a_new_digest_and_cache_files_are_group_readable(tmp_p
     assert files and all(stat.S_IMODE(p.stat().st_mode) & 0o040 for p in files)
 
 
+def test_unusable_cache_directory_only_costs_the_hash(tmp_path, monkeypatch):
+    """A cache directory that cannot be made (under a file) still gives the digest."""
+    import hashlib
+
+    from robust_ft.data.imagefolder import class_names, content_digest, list_files
+
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ROBUST_FT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    classes = class_names(root)
+    both = "".join(content_digest(list_files(root, s, classes), root) for s in ("train", "test"))
+    assert folder_digest(root) == hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
 def test_show_distortions_writes_its_cache_outside_the_dataset(workdir):
     from robust_ft.cli import main
 

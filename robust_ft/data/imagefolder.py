@@ -138,7 +138,7 @@ def _locked(path: Path):
 def split_digest(root: Path, split: str, classes: list[str]) -> str:
     """``content_digest`` of a split, hashed once per machine while no file changes (stat):
     kept in ``cache_dir()/digests``; concurrent processes wait on a file lock for one hash."""
-    from robust_ft.data.cache import write_text
+    from robust_ft.data.cache import CacheNotWritableError, write_text
 
     files = list_files(root, split, classes)
     if not files:
@@ -160,7 +160,7 @@ def split_digest(root: Path, split: str, classes: list[str]) -> str:
                 digest = content_digest(files, Path(root))
                 if writable:
                     record = {"root": str(Path(root).resolve()), "split": split, "digest": digest}
-                    with contextlib.suppress(OSError):
+                    with contextlib.suppress(OSError, CacheNotWritableError):
                         write_text(path, json.dumps(record))
     _MEMO[key] = digest
     return digest
