@@ -170,6 +170,8 @@ def test_ddp_ranks_read_disjoint_samples(workdir):
            "--tracking.test_after_fit", "false"]  # fmt: skip
     p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    hashed = [ln for ln in p.stderr.splitlines() if ln.startswith("hashing ")]
+    assert len(hashed) == 2, hashed  # train/ and val/ once, for both ranks (the digest cache)
     per_rank = n // (ranks * batch) * batch  # 20: 7 images left out
     for epoch in (0, 1):
         seen = [[i for e, _, i, _ in read(record, "train", r) if e == epoch] for r in range(ranks)]
