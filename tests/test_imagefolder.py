@@ -187,9 +187,10 @@ def test_edited_file_gives_a_new_digest_and_cache_files_are_group_readable(tmp_p
         assert folder_digest(root) == first
         a = np.asarray(Image.open(f)).copy()
         a[3, 3] = 255 - a[3, 3]
+        time.sleep(0.01)  # past the file system's timestamp tick, as any real edit is
         Image.fromarray(a).save(f)
         edited = folder_digest(root)
-        time.sleep(0.01)  # a later mtime, as any real edit has
+        time.sleep(0.01)
         f.write_bytes(original)
         restored = folder_digest(root)
     finally:
