@@ -3,8 +3,8 @@
 LightningCLI builds its help from the Trainer's, the model's and the DataModules' signatures, so
 rendering it imports Lightning and torch (~4 s). The text only changes when one of those changes:
 it is cached per (command, terminal width, versions of robust-ft, Lightning, jsonargparse and
-torch, and a digest of robust-ft's own source files), under ``$ROBUST_FT_CACHE_DIR`` or
-``$XDG_CACHE_HOME/robust-ft`` (default ``~/.cache/robust-ft``). A stale or unwritable cache
+torch, and a digest of robust-ft's own source files), under ``cachedir.cache_dir()/help``
+(``$ROBUST_FT_CACHE_DIR``, default ``~/.cache/robust-ft``). A stale or unwritable cache
 only costs the render.
 """
 
@@ -17,15 +17,9 @@ import os
 import shutil
 from pathlib import Path
 
+from robust_ft.cachedir import cache_dir
+
 PACKAGES = ("robust-ft", "lightning", "jsonargparse", "torch")
-
-
-def cache_dir() -> Path:
-    """Where robust-ft keeps small per-user caches (rendered help texts)."""
-    if os.environ.get("ROBUST_FT_CACHE_DIR"):
-        return Path(os.environ["ROBUST_FT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "robust-ft"
 
 
 def help_key(command: str) -> str:

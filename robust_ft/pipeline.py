@@ -177,7 +177,11 @@ def show_distortions_main(argv: list[str] | None = None) -> Path:
     own.add_argument("--crop", type=int, default=None, help="image side (default: --model's)")
     own.add_argument("--resize", type=int, default=None, help="short side before the crop")
     own.add_argument("--model", default="alexnet", help="whose input shape is the default")
-    own.add_argument("--cache-dir", default=None, help="default: data/cache/imagefolder")
+    own.add_argument(
+        "--cache-dir",
+        default=None,
+        help="default: $ROBUST_FT_CACHE_DIR/imagefolder (~/.cache/robust-ft/imagefolder)",
+    )
     a = p.parse_args(argv)
     import numpy as np
 

@@ -17,6 +17,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory):
+    """The session's own ``ROBUST_FT_CACHE_DIR`` (digests, decoded images, help texts): tests
+    never read a user's cache nor write into it; processes they start inherit it."""
+    before = os.environ.get("ROBUST_FT_CACHE_DIR")
+    os.environ["ROBUST_FT_CACHE_DIR"] = str(tmp_path_factory.mktemp("robust-ft-cache"))
+    yield
+    if before is None:
+        os.environ.pop("ROBUST_FT_CACHE_DIR", None)
+    else:
+        os.environ["ROBUST_FT_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A temp working directory whose MLflow store is ``sqlite:///<tmp>/mlflow.db``."""

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF, run_cli
+from conftest import CONF, REPO, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from robust_ft.data.imagefolder import ImageFolderDataModule, decode, to_8bit
+from robust_ft.data.imagefolder import ImageFolderDataModule, decode, folder_digest, to_8bit
 from robust_ft.data.make_folder import make_folder
 
 
@@ -124,6 +127,93 @@ def test_cache_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.npy").stat().st_mode) == 0o644
 
 
+DIGEST = """
+import os, sys, time
+from pathlib import Path
+from robust_ft.console import console_logging
+from robust_ft.data.imagefolder import folder_digest
+
+console_logging()
+root, gate = sys.argv[1:]
+Path(gate, f"ready-{os.getpid()}").touch()
+while not Path(gate, "go").exists():
+    time.sleep(0.005)
+print(folder_digest(root))
+"""
+
+
+def test_digest_is_hashed_once_by_processes_starting_together(tmp_path):
+    """Two processes (DDP ranks, say) ask for the digest at the same moment: one hashes each
+    split's bytes (one log line per split in both outputs together), the other waits on the
+    lock and reads the result; both get the same digest, and a later process hashes nothing."""
+    root = make_folder(tmp_path / "shapes", train_per_class=30, val_per_class=10)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, "ROBUST_FT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", DIGEST, str(root), str(gate)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    procs = [start(), start()]
+    deadline = time.time() + 120
+    while len(list(gate.glob("ready-*"))) < 2 and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    (gate / "go").touch()  # both imported and waiting: release them together
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    digests = {out.strip() for out, _ in outs}
+    assert len(digests) == 1 and len(digests.pop()) == 16
+    hashed = [line for _, err in outs for line in err.splitlines() if line.startswith("hashing ")]
+    assert len(hashed) == 2, hashed  # train and val, once each
+    assert sum(f"{root}/train " in h for h in hashed) == 1, hashed
+    assert sum(f"{root}/val " in h for h in hashed) == 1, hashed
+    (gate / "go").unlink()
+    later = start()
+    (gate / "go").touch()
+    out, err = later.communicate(timeout=120)
+    assert out.strip() == outs[0][0].strip() and "hashing " not in err, err
+
+
+def test_edited_file_gives_a_new_digest_and_cache_files_are_group_readable(tmp_path):
+    """An edited image (same name) changes the digest; putting its bytes back restores it."""
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1, fmt="png")
+    f = root / "train" / "class_1" / "00001.png"
+    original = f.read_bytes()
+    old = os.umask(0o022)
+    try:
+        first = folder_digest(root)
+        assert folder_digest(root) == first
+        a = np.asarray(Image.open(f)).copy()
+        a[3, 3] = 255 - a[3, 3]
+        time.sleep(0.01)  # past the file system's timestamp tick, as any real edit is
+        Image.fromarray(a).save(f)
+        edited = folder_digest(root)
+        time.sleep(0.01)
+        f.write_bytes(original)
+        restored = folder_digest(root)
+    finally:
+        os.umask(old)
+    assert edited != first and restored == first
+    files = list((Path(os.environ["ROBUST_FT_CACHE_DIR"]) / "digests").glob("*.json"))
+    assert files and all(stat.S_IMODE(p.stat().st_mode) & 0o040 for p in files)
+
+
+def test_unusable_cache_directory_only_costs_the_hash(tmp_path, monkeypatch):
+    """A cache directory that cannot be made (under a file) still gives the digest."""
+    import hashlib
+
+    from robust_ft.data.imagefolder import class_names, content_digest, list_files
+
+    root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ROBUST_FT_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    classes = class_names(root)
+    both = "".join(content_digest(list_files(root, s, classes), root) for s in ("train", "test"))
+    assert folder_digest(root) == hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
 def test_show_distortions_writes_its_cache_outside_the_dataset(workdir):
     from robust_ft.cli import main
 
@@ -133,7 +223,8 @@ def test_show_distortions_writes_its_cache_outside_the_dataset(workdir):
           "--model", "lenet5", "--out", str(workdir / "fig.png")])  # fmt: skip
     assert (workdir / "fig.png").stat().st_size > 0
     assert sorted(p for p in root.rglob("*")) == before
-    assert list((workdir / "data" / "cache" / "imagefolder").glob("shapes-decoded-*.npy"))
+    cache = Path(os.environ["ROBUST_FT_CACHE_DIR"]) / "imagefolder"
+    assert list(cache.glob("shapes-decoded-*.npy"))
 
 
 def _fit(root: Path, *extra: str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from conftest import CONF, run_cli
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
+from stream_record import read
 
 from robust_ft.data.distortions import distort_batch_seeded
 from robust_ft.data.imagefolder import ImageFolderDataModule
@@ -20,6 +22,16 @@ from robust_ft.data.make_folder import make_folder
 from robust_ft.data.streaming import sample_seeds
 
 LENET = CONF / "lenet5_imagefolder.yaml"
+RECORDING = Path(__file__).resolve().parent / "stream_record.py"
+
+
+def _recording(root, record: Path, *extra: str) -> list[str]:
+    """Flags of a LeNet-5 run on streamed ``root`` whose batches are recorded in ``record``."""
+    record.mkdir()
+    return ["--config", str(LENET), "--data.class_path", "stream_record.RecordingFolder",
+            "--data.init_args.root", str(root), "--data.init_args.stream", "true",
+            "--data.init_args.record_dir", str(record), "--trainer.enable_progress_bar", "false",
+            "--tracking.log_model", "false", *extra]  # fmt: skip
 
 
 def _all(dm, split):
@@ -137,6 +149,75 @@ def test_ddp_two_processes_stream_shards(workdir):
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "test/err/noise/L1" in runs[0].data.metrics
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_disjoint_samples(workdir):
+    """2 CPU ranks (gloo), every training sample recorded by the rank that got it: in each epoch
+    the ranks' samples are disjoint and they cover the split, but for what litdata's drop_last
+    (on under DDP: "all processes return the same amount of data") leaves out; here that is
+    N mod (ranks x batch): every rank gets N // (ranks x batch) whole batches."""
+    root = make_folder(workdir / "shapes", train_per_class=20, val_per_class=4)
+    n, batch, ranks = 3 * 20 - 13, 5, 2  # 47 training images, 13 held out for validation
+    record = workdir / "record"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+    cmd = [sys.executable, str(RECORDING), "fit", *_recording(root, record),
+           "--data.init_args.val_split", "13", "--data.init_args.batch_size", str(batch),
+           "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
+           "--trainer.devices", str(ranks), "--trainer.strategy", "ddp",
+           "--tracking.test_after_fit", "false"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    hashed = [ln for ln in p.stderr.splitlines() if ln.startswith("hashing ")]
+    assert len(hashed) == 2, hashed  # train/ and val/ once, for both ranks (the digest cache)
+    per_rank = n // (ranks * batch) * batch  # 20: 7 images left out
+    for epoch in (0, 1):
+        seen = [[i for e, _, i, _ in read(record, "train", r) if e == epoch] for r in range(ranks)]
+        assert [len(s) for s in seen] == [per_rank] * ranks, (epoch, seen)
+        a, b = map(set, seen)
+        assert len(a) == len(b) == per_rank, (epoch, seen)  # no image twice on a rank
+        assert not a & b, (epoch, sorted(a & b))
+        assert a | b <= set(range(n)) and len(a | b) == n - n % (ranks * batch)
+
+
+def _by_image(record: Path, split: str) -> dict[tuple[int, int], dict[int, str]]:
+    """(epoch, test set) -> {index in the split: sha1 of the image the model got}."""
+    out: dict[tuple[int, int], dict[int, str]] = {}
+    for epoch, test_set, index, sha in read(record, split):
+        out.setdefault((epoch, test_set), {})[index] = sha
+    return out
+
+
+def test_training_draws_per_epoch_or_fixed_and_the_same_test_set(workdir):
+    """Noise L2 on streamed data, 2 epochs: with ``cache: false`` every training image gets new
+    draws in epoch 1, with ``cache: true`` the same as in epoch 0; the distorted test set is the
+    same in both runs (same seed), and distorted (it differs from the clean test set)."""
+    root = make_folder(workdir / "shapes", train_per_class=6, val_per_class=3)
+    runs = {}
+    for cache in ("false", "true"):
+        res = run_cli(["fit", *_recording(root, workdir / f"cache-{cache}"),
+                       "--data.init_args.cache", cache, "--data.init_args.batch_size", "4",
+                       "--data.init_args.distortion.kind", "noise",
+                       "--data.init_args.distortion.level", "2",
+                       "--data.init_args.test_kinds", "[clean,noise]",
+                       "--data.init_args.test_levels", "[2]",
+                       "--trainer.max_epochs", "2"])  # fmt: skip
+        assert res.status == "FINISHED"
+        runs[cache] = {s: _by_image(workdir / f"cache-{cache}", s) for s in ("train", "test")}
+    n_train = 18 - 2  # val_split 0.1 of 18
+    for cache, train in ((c, r["train"]) for c, r in runs.items()):
+        assert set(train[0, 0]) == set(train[1, 0]) == set(range(n_train)), cache
+    fresh, fixed = runs["false"]["train"], runs["true"]["train"]
+    assert all(fresh[0, 0][i] != fresh[1, 0][i] for i in range(n_train))
+    assert fixed[0, 0] == fixed[1, 0]
+    assert fresh[0, 0] != fixed[0, 0]  # per-epoch seeds are not the fixed ones
+    fresh_test, fixed_test = ({s: v for (_, s), v in r["test"].items()} for r in runs.values())
+    assert fresh_test == fixed_test and set(fresh_test) == {0, 1}
+    clean, noisy = fresh_test[0], fresh_test[1]
+    assert set(clean) == set(noisy) == set(range(9))
+    assert all(clean[i] != noisy[i] for i in clean)
 
 
 def test_checkpoint_holds_the_stream_position(workdir):

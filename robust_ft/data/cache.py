@@ -113,6 +113,18 @@ def _save_atomically(path: Path, array: np.ndarray) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a small cache file atomically, mode 0666 minus the umask like every cache file."""
+    fd, tmp = _temp_file(Path(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_or_create(
     path: Path, create: Callable[[], np.ndarray], expected_shape: tuple | None = None
 ) -> np.ndarray:

@@ -174,7 +174,7 @@ class DistortedDataModule(L.LightningDataModule):
                 one), ``cpu``, ``cuda`` or ``cuda:N``. The bytes are the same on any device.
             cache: materialise distorted splits once on disk (else distort online every epoch).
             cache_dir: where cached splits live (default ``<root>/cache``; own ImageFolder data:
-                ``$ROBUST_FT_CACHE_DIR/imagefolder``, else ``data/cache/imagefolder``).
+                ``$ROBUST_FT_CACHE_DIR/imagefolder``, default ``~/.cache/robust-ft/imagefolder``).
             download: allow a network download of the dataset when it is missing.
         """
         super().__init__()

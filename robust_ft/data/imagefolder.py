@@ -2,18 +2,25 @@
 
 Channels (1 or 3) and size default to the model's input shape (the CLI fills them in); every
 PIL mode is converted to 8-bit L or RGB or refused by name. The dataset is identified by its
-folder name and a digest of every byte of every file, which keys the decoded-image cache.
+folder name and a digest of every byte of every file, which keys the decoded-image cache. The
+digest is computed once per machine: it is kept under ``cache_dir()/digests``, keyed by the
+folder, the split and the files' (path, size, mtime); processes starting together (DDP ranks)
+hash the bytes once, the others wait for the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from robust_ft.cachedir import cache_dir
 from robust_ft.data.datamodules import DistortedDataModule
 from robust_ft.data.sources import INFO, DatasetInfo, DatasetNotFoundError
 
@@ -21,11 +28,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", 
 EIGHT_BIT = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
              "LAB", "HSV"}  # fmt: skip
 SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-
-
-def default_cache_dir() -> Path:
-    """The project's cache directory: ``$ROBUST_FT_CACHE_DIR``, else ``data/cache``."""
-    return Path(os.environ.get("ROBUST_FT_CACHE_DIR") or "data/cache")
+log = logging.getLogger("robust_ft")
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -91,19 +94,76 @@ def content_digest(files: list[tuple[Path, int]], base: Path) -> str:
     return h.hexdigest()
 
 
-_MEMO: dict[tuple, str] = {}
+_MEMO: dict[str, str] = {}
+
+
+def stat_key(root: Path, split: str, files: list[tuple[Path, int]]) -> str:
+    """A split's identity without reading a byte: the resolved root, the split and every file's
+    (path, label, size, mtime_ns); a changed file gives a new key."""
+    h = hashlib.sha256(f"{Path(root).resolve()}\0{split}\0".encode())
+    for f, y in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _read_digest(path: Path) -> str | None:
+    """The digest a cache file holds (None when it is missing or unreadable)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        digest = json.loads(path.read_text())["digest"]
+        if len(digest) == 64 and int(digest, 16) >= 0:
+            return digest
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold ``<path>.lock`` for the block (processes wait for each other); yields whether the
+    cache directory is writable (an unwritable one only costs hashing in every process)."""
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        lock.acquire()
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def split_digest(root: Path, split: str, classes: list[str]) -> str:
-    """``content_digest`` of a split, hashed once per process while no file changes (stat)."""
+    """``content_digest`` of a split, hashed once per machine while no file changes (stat):
+    kept in ``cache_dir()/digests``; concurrent processes wait on a file lock for one hash."""
+    from robust_ft.data.cache import CacheNotWritableError, write_text
+
     files = list_files(root, split, classes)
     if not files:
         raise DatasetNotFoundError(f"no images found under {split_dir(root, split)}")
-    stats = tuple((str(f), st.st_size, st.st_mtime_ns) for f, _ in files for st in [f.stat()])
-    key = (str(Path(root).resolve()), split, stats)
-    if key not in _MEMO:
-        _MEMO[key] = content_digest(files, Path(root))
-    return _MEMO[key]
+    key = stat_key(Path(root), split, files)
+    if key in _MEMO:
+        return _MEMO[key]
+    path = cache_dir() / "digests" / f"{key}.json"
+    digest = _read_digest(path)
+    if digest is None:
+        with _locked(path) as writable:
+            digest = _read_digest(path)  # another process may have hashed it meanwhile
+            if digest is None:
+                size = sum(f.stat().st_size for f, _ in files)
+                log.info(
+                    "hashing %d files (%.1f MB) of %s for the dataset digest (once per machine)",
+                    len(files), size / 1e6, split_dir(root, split),
+                )  # fmt: skip
+                digest = content_digest(files, Path(root))
+                if writable:
+                    record = {"root": str(Path(root).resolve()), "split": split, "digest": digest}
+                    with contextlib.suppress(OSError, CacheNotWritableError):
+                        write_text(path, json.dumps(record))
+    _MEMO[key] = digest
+    return digest
 
 
 def folder_digest(root: str | Path) -> str:
@@ -216,7 +276,7 @@ class ImageFolderDataModule(DistortedDataModule):
         """
         super().__init__(root=root, **kwargs)
         if kwargs.get("cache_dir") is None:  # never inside the user's dataset
-            self.cache_dir = default_cache_dir() / "imagefolder"
+            self.cache_dir = cache_dir() / "imagefolder"
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3 (got {channels})")
         self.channels, self.crop = channels or 3, crop or 224
