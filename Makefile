@@ -73,7 +73,7 @@ bench: bench-setup
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
 	$(BIN)/python benchmarks/startup.py --out benchmarks/results/startup.json --before 9eb468d
-	$(BIN)/python benchmarks/streaming.py --n 2000 --factor 10 --px 64 --out benchmarks/results/streaming.json
+	$(BIN)/python benchmarks/streaming.py --n 5000 --factor 10 --px 256 --out benchmarks/results/streaming.json
 
 # From study to deployment (README): the routing benchmark from a fresh store, outputs/routing/
 # (about 40 min on 2 CPU cores); `make estimator-table` validates the distortion estimator there.
