@@ -58,6 +58,35 @@ def test_shards_hold_the_images_of_the_in_memory_path(tmp_path):
     assert not list(root.rglob("*.bin"))  # nothing written into the dataset
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_distorted_splits_hold_the_same_bytes_in_memory_and_streamed(tmp_path, channels):
+    """Every image of every distorted split, random draws included (noise, combined U(0,4)),
+    is the same byte for byte whether the split streams or is held in memory."""
+    from robust_ft.data.datamodules import Distortion
+
+    root = make_folder(tmp_path / "shapes", train_per_class=9, val_per_class=5,
+                       mode="L" if channels == 1 else "RGB")  # fmt: skip
+    kw = dict(root=str(root), channels=channels, crop=28, batch_size=4, val_split=0.25,
+              cache_dir=str(tmp_path / "c"), distortion=Distortion("combined", "U(0,4)"),
+              test_kinds=["clean", "noise", "combined"], test_levels=[2])  # fmt: skip
+    mem = ImageFolderDataModule(**kw)
+    mem.prepare_data(), mem.setup()
+    stream = ImageFolderDataModule(stream=True, **kw)
+    stream.prepare_data(), stream.setup()
+    for split, n_sets in (("train", 1), ("val", 1), ("test", 3)):
+        for i in range(n_sets):
+            xs, ids = [], []
+            for batch in stream.streaming.loader(split, i):
+                (
+                    xs.append(stream.streaming.distort(batch, split, i, epoch=0)[0]),
+                    ids.append(batch[2]),
+                )
+            x = torch.cat(xs)[torch.argsort(torch.cat(ids))]
+            assert torch.equal(x, mem._data[split][i].images), (split, i)
+    clean = mem._data["test"][0].images
+    assert not torch.equal(mem._data["test"][1].images, clean)  # noise L2 drew something
+
+
 def test_size_threshold_turns_streaming_on(tmp_path):
     root = make_folder(tmp_path / "shapes", train_per_class=2, val_per_class=1)
     kw = dict(root=str(root), channels=1, crop=28, cache_dir=str(tmp_path / "c"))
@@ -106,18 +135,20 @@ def _test(root, ckpt, stream: bool, kinds="[clean,defocus,noise]"):
 
 
 def test_streaming_and_in_memory_give_the_same_test_error(workdir):
-    """One checkpoint tested through both paths: equal errors on clean and defocus (no random
-    draws); noise is the same distribution (other draws) and the same on every streaming run."""
+    """One checkpoint tested through both paths: equal errors on every set, noise and combined
+    U(0,4) included (each image draws from the same per-image seed in memory and in a stream),
+    and the same on every streaming run (the distorted test set is not stored)."""
     root = make_folder(workdir / "shapes", train_per_class=30, val_per_class=20)
     pre = run_cli(["fit", "--config", str(LENET), "--data.init_args.root", str(root),
                    "--trainer.max_epochs", "2", "--data.init_args.stream", "true",
                    "--data.init_args.batch_size", "20"])  # fmt: skip
     assert pre.status == "FINISHED"
-    mem, stream = _test(root, pre.run_id, False), _test(root, pre.run_id, True)
-    again = _test(root, pre.run_id, True)
-    for key in ("test/err/clean/L0", "test/err/defocus/L1", "test/err/defocus/L2"):
-        assert mem.metrics[key] == stream.metrics[key], key
-    assert stream.test_errors == again.test_errors  # the distorted test set is not stored
+    kinds = "[clean,defocus,noise,combined]"
+    mem, stream = _test(root, pre.run_id, False, kinds), _test(root, pre.run_id, True, kinds)
+    again = _test(root, pre.run_id, True, kinds)
+    assert len(mem.test_errors) == 7  # clean + 3 kinds x levels 1, 2
+    assert mem.test_errors == stream.test_errors
+    assert stream.test_errors == again.test_errors
     run = MlflowClient().get_run(stream.run_id)
     names = {d.dataset.name for d in run.inputs.dataset_inputs}
     assert "shapes/test/noise/L2" in names and "shapes/test/defocus/L1" in names

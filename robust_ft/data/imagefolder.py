@@ -357,6 +357,36 @@ class ImageFolderDataModule(DistortedDataModule):
             batch = self.streaming.distort(batch, split, dataloader_idx, trainer.current_epoch)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
+    def _distorted(self, split: str, images: np.ndarray, kind, level) -> np.ndarray:
+        """Own data in memory: every image drawn from the seed the streaming path gives it, so
+        ``stream`` true or false gives the same bytes (the paper's datasets keep block seeds)."""
+        from robust_ft.data.cache import cache_path, load_or_create
+        from robust_ft.data.datamodules import _is_identity
+        from robust_ft.data.streaming import StreamingSplits, distort_seeded_array, selection_key
+
+        if _is_identity(kind, level):
+            return images
+        key = selection_key(self, split, StreamingSplits(self).selections()[split])
+        path = cache_path(
+            self.cache_dir,
+            dataset=f"{self.dataset_name}-distorted",
+            split=split,
+            selection=key,
+            kind=kind,
+            level=list(level) if isinstance(level, tuple) else float(level),
+            seed=self.seed,
+            channels=self.channels,
+            resize=self.resize,
+            crop=self.crop,
+        )
+        return load_or_create(
+            path,
+            lambda: distort_seeded_array(
+                images, kind, level, key, split, self.seed, self._distort_on()
+            ),
+            expected_shape=images.shape,
+        )
+
     def load_split(self, split):
         from robust_ft.data.cache import cache_path, load_or_create
 

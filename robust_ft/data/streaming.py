@@ -126,6 +126,34 @@ def sample_seeds(
     ]
 
 
+def selection_key(dm, split: str, files) -> str:
+    """The identity of a split's selection: its source split's digest and the chosen files, in
+    order (the first part of every image's distortion seed)."""
+    from robust_ft.data.imagefolder import split_digest
+
+    source = "test" if split == "test" else "train"
+    digest = split_digest(dm.root, source, dm.classes)
+    rel = [str(f.relative_to(dm.root)) for f, _ in files]
+    return hashlib.sha256((digest + json.dumps(rel)).encode()).hexdigest()[:16]
+
+
+def distort_seeded_array(
+    images: np.ndarray, kind: str, level, key: str, split: str, seed: int, device=None
+) -> np.ndarray:
+    """A whole in-memory split (N,H,W) or (N,H,W,C) uint8, image i drawn from the seed the
+    streaming path gives index i: the same bytes whether the split streams or not."""
+    from robust_ft.data.distortions import distort_batch_seeded
+
+    out = np.empty_like(images)
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(np.array(images[i : i + 256])).to(device)  # a writable copy
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+        seeds = sample_seeds(key, split, range(i, i + len(x)), kind, level, seed)
+        y = distort_batch_seeded(x, kind, level, seeds).cpu()
+        out[i : i + len(x)] = (y[:, 0] if images.ndim == 3 else y.permute(0, 2, 3, 1)).numpy()
+    return out
+
+
 class StreamingSplits:
     """The streaming half of an ImageFolder DataModule: shards, datasets, loaders, distortion."""
 
@@ -153,13 +181,8 @@ class StreamingSplits:
         return out
 
     def shard_dir(self, split: str, files) -> Path:
-        from robust_ft.data.imagefolder import split_digest
-
         dm = self.dm
-        source = "test" if split == "test" else "train"
-        digest = split_digest(dm.root, source, dm.classes)
-        rel = [str(f.relative_to(dm.root)) for f, _ in files]
-        key = hashlib.sha256((digest + json.dumps(rel)).encode()).hexdigest()[:16]
+        key = selection_key(dm, split, files)
         dm.split_digests[split] = key
         return dm.cache_dir / "streaming" / f"{dm.dataset_name}-{split}-{key}"
 
