@@ -290,3 +290,48 @@ def test_compose_stack_trains_and_tracks(image, tmp_path):
     finally:
         subprocess.run([*compose, "--profile", "cpu", "down", "-v"], capture_output=True,
                        timeout=300)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compose_imagenet_command_runs_on_a_read_only_dataset(image, tmp_path):
+    """The compose ``trainer-imagenet`` command (Table 1), in the image with the service's mounts
+    and environment, on a small generated JPEG tree mounted read-only, on the CPU: without the
+    published weights it says how to get them; with random weights it streams and tests clean and
+    combined U(0,4), top-1 and top-5. Only the tracking store (SQLite in outputs) and the CPU
+    flags differ from the service."""
+    from robust_ft.data.make_folder import make_folder
+
+    docker = image
+    svc = _compose()["services"]["trainer-imagenet"]
+    command = re.fullmatch(r"\$\{IMAGENET_ARGS:-(.*)\}", svc["command"]).group(1).split()
+    env = [f"{k}={v}" for k, v in svc["environment"].items() if k != "MLFLOW_TRACKING_URI"]
+    root = make_folder(tmp_path / "imagenet", classes=3, train_per_class=6, val_per_class=3,
+                       size=64, mode="RGB", fmt="jpg")  # fmt: skip
+    mounts = {"/app/data": tmp_path / "data", "/app/outputs": tmp_path / "outputs",
+              "/models/torch": tmp_path / "torch"}  # fmt: skip
+    for path in mounts.values():
+        path.mkdir()
+        path.chmod(0o777)
+    volumes = [f"{host}:{inside}" for inside, host in mounts.items()]
+    volumes.append(f"{root}:/datasets/imagenet:ro")
+    assert {v.split(":", 1)[1] for v in volumes} >= {
+        v.split(":", 1)[1] for v in svc["volumes"] if not v.startswith("$")
+    }
+    run = [docker, "run", "--rm", "--network", "none", "--shm-size", "1g",
+           *(f"-v{v}" for v in volumes), *(f"-e{e}" for e in env), IMAGE, *command,
+           "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+           "--data.init_args.num_workers", "1", "--data.init_args.batch_size", "6",
+           "--data.init_args.val_split", "0.2", "--data.init_args.num_classes", "12",
+           "--data.init_args.stream", "true", "--trainer.max_epochs", "1",
+           "--trainer.enable_progress_bar", "false", "--tracking.log_model", "false"]  # fmt: skip
+    missing = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    out = missing.stdout + missing.stderr
+    assert missing.returncode != 0 and "pretrained false" in out and "Traceback" not in out, out
+    done = _run([*run, "--model.pretrained", "false"], 900)
+    assert "| combined |" in done.stdout, done.stdout[-2000:]
+    with sqlite3.connect(mounts["/app/outputs"] / "mlflow.db") as db:
+        (status,) = db.execute("select status from runs where name like 'first-3%'").fetchone()
+        keys = {k for (k,) in db.execute("select key from latest_metrics")}
+    assert status == "FINISHED"
+    assert {"test/err/clean/L0", "test/err5/combined/LU0-4"} <= keys
+    assert not list(root.rglob("*.bin")) and list((tmp_path / "data").rglob("index.json"))
