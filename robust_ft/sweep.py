@@ -47,6 +47,7 @@ are measured CPU constants of this project's 2-core machine (``RATES``); a GPU i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -395,6 +396,11 @@ def estimate_seconds(sw: Sweep, cell: Cell) -> float | None:
 
 
 # ----------------------------------------------------------------- MLflow bookkeeping
+ORDER = ["attributes.start_time ASC", "attributes.run_id ASC"]
+ELECTION_WAIT_S = 60.0
+"""how long a command that lost the election waits for the winner to become the parent"""
+
+
 def find_parent(client, sw: Sweep):
     """The sweep's parent run (the oldest run tagged with its ``sweep_key``), or None."""
     exp = client.get_experiment_by_name(sw.experiment_name)
@@ -403,10 +409,72 @@ def find_parent(client, sw: Sweep):
     runs = client.search_runs(
         [exp.experiment_id],
         f"tags.sweep_key = '{sw.key}' and tags.sweep_role = 'parent'",
-        order_by=["attributes.start_time ASC"],
+        order_by=ORDER,
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def _candidates(client, sw: Sweep, exp_id: str) -> list:
+    """The runs that stand for the sweep's parent (``sweep_role`` candidate or parent), in the
+    order of ``find_parent``."""
+    runs = [
+        r
+        for role in ("parent", "candidate")
+        for r in client.search_runs(
+            [exp_id],
+            f"tags.sweep_key = '{sw.key}' and tags.sweep_role = '{role}'",
+            max_results=1000,
+        )
+    ]
+    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
+    """The parent run of a sweep that has none yet: this command's, or the one elected among the
+    commands of the same sweep started at the same moment (``ownership.elect``).
+
+    This command's run (a new one, or `mlflow run`'s) stands as a ``sweep_role=candidate``; the
+    candidate elected becomes the ``parent``; the others withdraw before anything else is
+    written (a new run is deleted, `mlflow run`'s loses its ``sweep_role``) and wait for it.
+    """
+    from mlflow.entities import RunTag
+
+    from robust_ft.ownership import elect, owner_alive, process_tags
+    from robust_ft.tracking import experiment_id
+
+    exp_id = experiment_id(client, sw.experiment_name)
+    tags = {**args["tags"], "sweep_role": "candidate", **process_tags()}
+    own = os.environ.get("MLFLOW_RUN_ID")
+    if own:
+        client.log_batch(own, tags=[RunTag(k, v) for k, v in tags.items()])
+    mine = own or client.create_run(exp_id, run_name=sw.name, tags=tags).info.run_id
+    for run in _candidates(client, sw, exp_id):  # a candidate whose process died mid-election
+        if run.data.tags["sweep_role"] == "candidate" and owner_alive(run.data.tags) is False:
+            client.delete_run(run.info.run_id)
+    runs = _candidates(client, sw, exp_id)
+    settled = any(r.data.tags["sweep_role"] == "parent" for r in runs)
+    if not settled and elect(client, mine, runs):
+        client.set_tag(mine, "sweep_role", "parent")
+        return mine
+    if own:
+        client.delete_tag(own, "sweep_role")
+    else:
+        client.delete_run(mine)
+    deadline = time.time() + ELECTION_WAIT_S
+    while (parent := find_parent(client, sw)) is None:
+        if time.time() > deadline:
+            from robust_ft.tracking import TrackingError
+
+            raise TrackingError(
+                f"sweep {sw.name!r} (key {sw.key}): another command of it started at the same "
+                f"moment and was elected to make its parent run, but none appeared in "
+                f"{ELECTION_WAIT_S:.0f} s (that command may have died); run the command again"
+            )
+        time.sleep(0.2)
+    if own:
+        client.set_tag(own, "sweep_parent", parent.info.run_id)  # `mlflow run`: point at it
+    return parent.info.run_id
 
 
 def children(client, parent) -> list:
@@ -544,7 +612,8 @@ class Workers:
 
 def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) -> Plan:
     """Run (or, with ``dry_run``, list) every unfinished cell of the sweep under one parent run."""
-    from robust_ft.tracking import check_reachable, default_tracking_uri, tracked_run
+    from robust_ft.ownership import live_owner
+    from robust_ft.tracking import TrackingError, check_reachable, default_tracking_uri, tracked_run
 
     workers = workers or Workers()
     check_reachable(default_tracking_uri())
@@ -558,13 +627,25 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
         return p
     start = time.time()
     args = parent_run_args(client, sw)
-    if workers.storage is not None and args["run_id"]:  # another machine's command runs it?
-        from robust_ft.ownership import live_owner
-
-        owner = live_owner(client.get_run(args["run_id"]))
-        if owner:
+    if args["run_id"] is None:  # a new sweep: this command's parent, or a simultaneous one's
+        args["run_id"] = new_parent(client, sw, args)
+    with contextlib.ExitStack() as stack:
+        parent, owner = None, live_owner(client.get_run(args["run_id"]))
+        if owner is None:
+            try:
+                parent = stack.enter_context(tracked_run(**args))
+            except TrackingError:  # e.g. claimed by another command at the same moment
+                owner = live_owner(client.get_run(args["run_id"]))
+                if owner is None:
+                    raise
+        if owner is not None:
+            if workers.storage is None:
+                raise TrackingError(
+                    f"sweep {sw.name!r} is already running: MLflow run {args['run_id']} (its "
+                    f"parent) is being written by {owner}; wait for it to end or stop it, or "
+                    "start every command of the sweep with the same --storage URL to share its cells"
+                )
             return _join(sw, args["run_id"], owner, workers, client)
-    with tracked_run(**args) as parent:
         try:
             view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
             p = plan(client, sw)

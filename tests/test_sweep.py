@@ -334,3 +334,124 @@ def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     again = client.get_run(victim.info.run_id)
     assert again.info.status == "FINISHED" and again.data.tags["resumed_from"].endswith("last.ckpt")
     assert again.data.tags["pid"] != victim.data.tags["pid"]
+
+
+# ----------------------------------------------------------------- commands started at once
+RACE = ["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus", "--levels", "2",
+        "--first-n", "1", "--no-retrain", "--budget", "demo", "--name", "race"]  # fmt: skip
+RACE_CELLS = {"pretrain/clean/L0", "notrain/defocus/L2", "first-1/defocus/L2"}
+
+# Each round: wait for the file `go-<round>`, then stand for the parent of a new sweep at once.
+# new_parent is called without find_parent before it, so every process makes a candidate: the
+# widest race window there is (in a real start, a command that sees a parent makes none).
+ELECTOR = """
+import os, sys, time
+from pathlib import Path
+from robust_ft.sweep import new_parent, parent_run_args, parse_args
+from robust_ft.tracking import client
+here, rounds, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+c = client()
+for i in range(rounds):
+    sw, _ = parse_args([*args, "--seeds", str(i)])
+    (here / f"ready-{i}-{os.getpid()}").touch()
+    while not (here / f"go-{i}").exists():
+        time.sleep(0.001)
+    print("round", i, new_parent(c, sw, parent_run_args(c, sw)), flush=True)
+"""
+
+# A sweep command whose imports are done, released by the file `go`.
+AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+import robust_ft.runner, robust_ft.sweep, robust_ft.workers
+from robust_ft.cli import main
+(Path(sys.argv[1]) / f"ready-{os.getpid()}").touch()
+while not (Path(sys.argv[1]) / "go").exists():
+    time.sleep(0.001)
+main(["sweep", *sys.argv[2:]])
+"""
+
+
+def _release(procs: list[subprocess.Popen], here, ready: str, go: str) -> None:
+    """Touch ``go`` once every process has touched its ``ready`` file."""
+    deadline = time.time() + 300
+    while len(list(here.glob(ready))) < len(procs):
+        assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs]
+        assert time.time() < deadline, "the processes did not get ready"
+        time.sleep(0.05)
+    (here / go).touch()
+
+
+def _parents(client, key: str, deleted: bool = False) -> list:
+    """The runs tagged with a sweep key (its children too), or the deleted ones."""
+    from mlflow.entities import ViewType
+
+    exp = client.get_experiment_by_name("lenet5-synthetic")
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+    return client.search_runs([exp.experiment_id], f"tags.sweep_key = '{key}'", run_view_type=view)
+
+
+def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(workdir):
+    """Four processes make a candidate parent run of a new sweep at the same instant, three
+    rounds: all name the same parent, it is the sweep's one parent, the others' runs are gone."""
+    n, rounds = 4, 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", ELECTOR, str(workdir), str(rounds), *RACE]
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
+    for i in range(rounds):
+        _release(procs, workdir, f"ready-{i}-*", f"go-{i}")
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
+    named = [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+    client = MlflowClient()
+    for i in range(rounds):
+        key = parse_args([*RACE, "--seeds", str(i)])[0].key
+        (parent,) = {names[str(i)] for names in named}  # every process names the same run
+        (run,) = _parents(client, key)  # the sweep's one run: no other candidate is left
+        assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"
+        assert run.data.params["elected"] == parent
+        assert len(_parents(client, key, deleted=True)) == n - 1  # every other one stood
+
+
+def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", AT_ONCE, str(workdir), *RACE, *extra]
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    _release(procs, workdir, "ready-*", "go")
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [(p.returncode, o) for p, o in zip(procs, outs, strict=True)]
+
+
+def _one_parent_one_run_per_cell(client) -> str:
+    """The race sweep has one parent run; each cell ran once, FINISHED, as its child."""
+    key = parse_args(RACE)[0].key
+    parents = [r for r in _parents(client, key) if r.data.tags.get("sweep_role")]
+    assert [r.data.tags["sweep_role"] for r in parents] == ["parent"]
+    parent = parents[0].info.run_id
+    runs = _children(client)
+    assert Counter(_cell_suffix(r.data.tags["cell"]) for r in runs) == Counter(RACE_CELLS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
+    assert client.get_run(parent).info.status == "FINISHED"
+    return parent
+
+
+@pytest.mark.slow
+def test_two_sweep_commands_started_at_once_with_storage_share_one_parent(workdir):
+    results = _sweeps_at_once(workdir, ["--storage", f"sqlite:///{workdir / 'q.db'}"])
+    assert [code for code, _ in results] == [0, 0], [o[-3000:] for _, o in results]
+    parent = _one_parent_one_run_per_cell(MlflowClient())
+    joined = [o for _, o in results if f"parent run {parent} is run by process" in o]
+    assert len(joined) == 1, [o[-3000:] for _, o in results]  # the other owned and ended it
+
+
+@pytest.mark.slow
+def test_of_two_sweep_commands_started_at_once_without_storage_one_is_refused(workdir):
+    results = _sweeps_at_once(workdir, [])
+    assert sorted(code for code, _ in results) == [0, 2], [o[-3000:] for _, o in results]
+    parent = _one_parent_one_run_per_cell(MlflowClient())
+    refused = next(o for code, o in results if code == 2)
+    assert f"sweep 'race' is already running: MLflow run {parent} (its parent) is being written by process" in refused  # fmt: skip
+    assert "--storage" in refused and "Traceback" not in refused
