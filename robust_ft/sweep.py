@@ -416,27 +416,22 @@ def find_parent(client, sw: Sweep):
 
 
 def _candidates(client, sw: Sweep, exp_id: str) -> list:
-    """The runs that stand for the sweep's parent (``sweep_role`` candidate or parent), in the
-    order of ``find_parent``."""
-    runs = [
-        r
-        for role in ("parent", "candidate")
-        for r in client.search_runs(
-            [exp_id],
-            f"tags.sweep_key = '{sw.key}' and tags.sweep_role = '{role}'",
-            max_results=1000,
-        )
-    ]
-    return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    """The runs that stood for the sweep's parent (tag ``sweep_candidate``; the elected one is
+    also ``sweep_role=parent``), in the order of ``find_parent``."""
+    runs = client.search_runs(
+        [exp_id], f"tags.sweep_candidate = '{sw.key}'", order_by=ORDER, max_results=1000
+    )
+    return list(runs)
 
 
 def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     """The parent run of a sweep that has none yet: this command's, or the one elected among the
     commands of the same sweep started at the same moment (``ownership.elect``).
 
-    This command's run (a new one, or `mlflow run`'s) stands as a ``sweep_role=candidate``; the
-    candidate elected becomes the ``parent``; the others withdraw before anything else is
-    written (a new run is deleted, `mlflow run`'s loses its ``sweep_role``) and wait for it.
+    This command's run (a new one, or `mlflow run`'s) stands with the tag ``sweep_candidate``
+    (one tag, set once: a single search sees every candidate); the one elected becomes the
+    ``sweep_role=parent``; the others withdraw before anything else is written (a new run is
+    deleted, `mlflow run`'s loses the tag) and wait for it.
     """
     from mlflow.entities import RunTag
 
@@ -444,21 +439,22 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     from robust_ft.tracking import experiment_id
 
     exp_id = experiment_id(client, sw.experiment_name)
-    tags = {**args["tags"], "sweep_role": "candidate", **process_tags()}
+    tags = {k: v for k, v in args["tags"].items() if k != "sweep_role"}
+    tags |= {"sweep_candidate": sw.key, **process_tags()}
     own = os.environ.get("MLFLOW_RUN_ID")
     if own:
         client.log_batch(own, tags=[RunTag(k, v) for k, v in tags.items()])
     mine = own or client.create_run(exp_id, run_name=sw.name, tags=tags).info.run_id
     for run in _candidates(client, sw, exp_id):  # a candidate whose process died mid-election
-        if run.data.tags["sweep_role"] == "candidate" and owner_alive(run.data.tags) is False:
+        if "sweep_role" not in run.data.tags and owner_alive(run.data.tags) is False:
             client.delete_run(run.info.run_id)
     runs = _candidates(client, sw, exp_id)
-    settled = any(r.data.tags["sweep_role"] == "parent" for r in runs)
+    settled = any(r.data.tags.get("sweep_role") == "parent" for r in runs)
     if not settled and elect(client, mine, runs):
         client.set_tag(mine, "sweep_role", "parent")
         return mine
     if own:
-        client.delete_tag(own, "sweep_role")
+        client.delete_tag(own, "sweep_candidate")
     else:
         client.delete_run(mine)
     deadline = time.time() + ELECTION_WAIT_S

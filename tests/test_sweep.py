@@ -359,12 +359,16 @@ for i in range(rounds):
     print("round", i, new_parent(c, sw, parent_run_args(c, sw)), flush=True)
 """
 
-# A sweep command whose imports are done, released by the file `go`.
+# A sweep command whose imports are done and whose store is open (robust-ft opens it once per
+# process, under a file lock: two fresh processes would pass that lock one after the other),
+# released by the file `go`.
 AT_ONCE = """
 import os, sys, time
 from pathlib import Path
 import robust_ft.runner, robust_ft.sweep, robust_ft.workers
 from robust_ft.cli import main
+from robust_ft.tracking import client
+client()
 (Path(sys.argv[1]) / f"ready-{os.getpid()}").touch()
 while not (Path(sys.argv[1]) / "go").exists():
     time.sleep(0.001)
@@ -410,11 +414,17 @@ def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(wor
         (parent,) = {names[str(i)] for names in named}  # every process names the same run
         (run,) = _parents(client, key)  # the sweep's one run: no other candidate is left
         assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"
+        assert run.data.tags["sweep_candidate"] == key
         assert run.data.params["elected"] == parent
         assert len(_parents(client, key, deleted=True)) == n - 1  # every other one stood
 
 
 def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
+    """Two identical sweep commands released at the same instant on a store without the sweep.
+
+    The store and the experiment are made first: on a fresh SQLite file the first command makes
+    the tables under a file lock while the second waits, and would find the parent made."""
+    MlflowClient().create_experiment("lenet5-synthetic")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", AT_ONCE, str(workdir), *RACE, *extra]
     procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
@@ -427,7 +437,7 @@ def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
 def _one_parent_one_run_per_cell(client) -> str:
     """The race sweep has one parent run; each cell ran once, FINISHED, as its child."""
     key = parse_args(RACE)[0].key
-    parents = [r for r in _parents(client, key) if r.data.tags.get("sweep_role")]
+    parents = [r for r in _parents(client, key) if "cell" not in r.data.tags]  # and candidates
     assert [r.data.tags["sweep_role"] for r in parents] == ["parent"]
     parent = parents[0].info.run_id
     runs = _children(client)
