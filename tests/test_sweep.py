@@ -424,7 +424,9 @@ def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
 
     The store and the experiment are made first: on a fresh SQLite file the first command makes
     the tables under a file lock while the second waits, and would find the parent made."""
-    MlflowClient().create_experiment("lenet5-synthetic")
+    from robust_ft.tracking import client, experiment_id
+
+    experiment_id(client(), "lenet5-synthetic")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", AT_ONCE, str(workdir), *RACE, *extra]
     procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
@@ -465,3 +467,22 @@ def test_of_two_sweep_commands_started_at_once_without_storage_one_is_refused(wo
     refused = next(o for code, o in results if code == 2)
     assert f"sweep 'race' is already running: MLflow run {parent} (its parent) is being written by process" in refused  # fmt: skip
     assert "--storage" in refused and "Traceback" not in refused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [True, False], ids=["storage", "no-storage"])
+def test_two_commands_resuming_a_killed_sweep_at_once_one_owns_it(workdir, storage):
+    """The sweep's parent exists (killed before its first cell): both commands find it and
+    claim it at the same moment; the store gives it to one, the other joins or is refused."""
+    from robust_ft.tracking import tracked_run
+
+    client = MlflowClient()
+    sw, _ = parse_args(RACE)
+    with pytest.raises(KeyboardInterrupt), tracked_run(**sweep.parent_run_args(client, sw)) as p:
+        raise KeyboardInterrupt
+    results = _sweeps_at_once(workdir, ["--storage", "sqlite:///q.db"] if storage else [])
+    codes = sorted(code for code, _ in results)
+    assert codes == ([0, 0] if storage else [0, 2]), [o[-3000:] for _, o in results]
+    assert _one_parent_one_run_per_cell(client) == p.run_id
+    other = f"parent run {p.run_id} is run by process" if storage else "is already running"
+    assert sum(other in o for _, o in results) == 1, [o[-3000:] for _, o in results]
