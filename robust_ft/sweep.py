@@ -637,8 +637,8 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
         if owner is not None:
             if workers.storage is None:
                 raise TrackingError(
-                    f"sweep {sw.name!r} is already running: MLflow run {args['run_id']} (its "
-                    f"parent) is being written by {owner}; wait for it to end or stop it, or "
+                    f"sweep {sw.name!r} is already running: its parent MLflow run "
+                    f"{args['run_id']} is being written by {owner}; wait for it to end or stop it, or "
                     "start every command of the sweep with the same --storage URL to share its cells"
                 )
             return _join(sw, args["run_id"], owner, workers, client)

@@ -465,7 +465,7 @@ def test_of_two_sweep_commands_started_at_once_without_storage_one_is_refused(wo
     assert sorted(code for code, _ in results) == [0, 2], [o[-3000:] for _, o in results]
     parent = _one_parent_one_run_per_cell(MlflowClient())
     refused = next(o for code, o in results if code == 2)
-    assert f"sweep 'race' is already running: MLflow run {parent} (its parent) is being written by process" in refused  # fmt: skip
+    assert f"sweep 'race' is already running: its parent MLflow run {parent} is being written by process" in refused  # fmt: skip
     assert "--storage" in refused and "Traceback" not in refused
 
 
