@@ -27,6 +27,11 @@ skips every cell whose child run is FINISHED, marks children left RUNNING by a k
 FAILED and runs their cells again. A finished cell is never repeated or dropped. The first cell
 that fails stops the sweep (its run is FAILED); run the same command again to resume.
 
+Started at once: commands of a new sweep that find no parent each stand a candidate run (tag
+``sweep_candidate``), and the store elects one (``ownership.elect``: write-once params, no clock
+compared) as the parent; the others delete theirs. A command whose sweep's parent another live
+process writes joins it as a worker with ``--storage`` (``_join``) and is refused without.
+
 Budgets (``--budget``) scale the config's schedules (``conf/<model>_<dataset>.yaml``):
 - ``paper``: the paper's epochs and rates on the whole training set (the default);
 - ``quick``: 1/4 of the epochs, 20,000 training images;
@@ -462,10 +467,12 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
         if time.time() > deadline:
             from robust_ft.tracking import TrackingError
 
+            left = [r.info.run_id for r in _candidates(client, sw, exp_id)]
             raise TrackingError(
                 f"sweep {sw.name!r} (key {sw.key}): another command of it started at the same "
                 f"moment and was elected to make its parent run, but none appeared in "
-                f"{ELECTION_WAIT_S:.0f} s (that command may have died); run the command again"
+                f"{ELECTION_WAIT_S:.0f} s; if that command died, delete its candidate run(s) "
+                f"{', '.join(left) or '(none left)'} (MLflow UI) and run the command again"
             )
         time.sleep(0.2)
     if own:

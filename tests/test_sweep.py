@@ -486,3 +486,26 @@ def test_two_commands_resuming_a_killed_sweep_at_once_one_owns_it(workdir, stora
     assert _one_parent_one_run_per_cell(client) == p.run_id
     other = f"parent run {p.run_id} is run by process" if storage else "is already running"
     assert sum(other in o for _, o in results) == 1, [o[-3000:] for _, o in results]
+
+
+def test_a_candidate_left_by_a_dead_command_is_deleted_not_waited_for(workdir):
+    """A command that died between standing and ending the election (its vote on itself
+    written) leaves a candidate run; the next command deletes it and becomes the parent."""
+    import socket
+
+    from robust_ft.tracking import client, experiment_id
+
+    c, sw = client(), parse_args(RACE)[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    tags = {
+        "sweep_key": sw.key,
+        "sweep_candidate": sw.key,
+        "host": socket.gethostname(),
+        "pid": dead,
+    }
+    stale = c.create_run(experiment_id(c, sw.experiment_name), tags=tags).info.run_id
+    c.log_param(stale, "elected", stale)
+    parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
+    assert parent != stale and c.get_run(stale).info.lifecycle_stage == "deleted"
+    assert sweep.find_parent(c, sw).info.run_id == parent
