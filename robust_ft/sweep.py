@@ -436,7 +436,7 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     This command's run (a new one, or `mlflow run`'s) stands with the tag ``sweep_candidate``
     (one tag, set once: a single search sees every candidate); the one elected becomes the
     ``sweep_role=parent``; the others withdraw before anything else is written (a new run is
-    deleted, `mlflow run`'s loses the tag) and wait for it.
+    deleted, `mlflow run`'s loses the sweep's tags) and wait for it.
     """
     from mlflow.entities import RunTag
 
@@ -458,8 +458,9 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     if not settled and elect(client, mine, runs):
         client.set_tag(mine, "sweep_role", "parent")
         return mine
-    if own:
-        client.delete_tag(own, "sweep_candidate")
+    if own:  # back to the run `mlflow run` made, which then points at the parent
+        for key in tags.keys() - process_tags().keys():
+            client.delete_tag(own, key)
     else:
         client.delete_run(mine)
     deadline = time.time() + ELECTION_WAIT_S

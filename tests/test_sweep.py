@@ -353,6 +353,10 @@ here, rounds, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 c = client()
 for i in range(rounds):
     sw, _ = parse_args([*args, "--seeds", str(i)])
+    if os.environ.get("AS_MLFLOW_RUN"):  # the run `mlflow run` makes before the command starts
+        exp = c.get_experiment_by_name(sw.experiment_name)
+        exp = exp.experiment_id if exp else c.create_experiment(sw.experiment_name)
+        os.environ["MLFLOW_RUN_ID"] = c.create_run(exp).info.run_id
     (here / f"ready-{i}-{os.getpid()}").touch()
     while not (here / f"go-{i}").exists():
         time.sleep(0.001)
@@ -395,11 +399,15 @@ def _parents(client, key: str, deleted: bool = False) -> list:
     return client.search_runs([exp.experiment_id], f"tags.sweep_key = '{key}'", run_view_type=view)
 
 
-def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(workdir):
+@pytest.mark.parametrize("mlflow_run", [False, True], ids=["robust-ft", "mlflow-run"])
+def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(workdir, mlflow_run):
     """Four processes make a candidate parent run of a new sweep at the same instant, three
-    rounds: all name the same parent, it is the sweep's one parent, the others' runs are gone."""
+    rounds: all name the same parent, it is the sweep's one parent, the others' runs are gone
+    (under `mlflow run`: its runs stay, pointing at the parent)."""
     n, rounds = 4, 3
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"AS_MLFLOW_RUN": "1"} if mlflow_run else {})}
+    if mlflow_run:  # made once here: the processes' `mlflow run` runs would race to make it
+        MlflowClient().create_experiment("lenet5-synthetic")
     cmd = [sys.executable, "-c", ELECTOR, str(workdir), str(rounds), *RACE]
     procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
@@ -416,7 +424,13 @@ def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(wor
         assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"
         assert run.data.tags["sweep_candidate"] == key
         assert run.data.params["elected"] == parent
-        assert len(_parents(client, key, deleted=True)) == n - 1  # every other one stood
+        if not mlflow_run:
+            assert len(_parents(client, key, deleted=True)) == n - 1  # every other one stood
+            continue
+        others = client.search_runs([run.info.experiment_id], f"tags.sweep_parent = '{parent}'")
+        assert len(others) == n - 1 and not _parents(client, key, deleted=True)
+        assert all("sweep_candidate" not in r.data.tags for r in others)  # they withdrew
+        assert all("sweep_key" not in r.data.tags for r in others)
 
 
 def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
