@@ -2,7 +2,8 @@
 continued only by the command that made it (its ``config_hash``).
 
 A claim is a write-once param ``owner.<n>``; the tracking store refuses a second value for the
-same key, so the store itself decides between two processes that claim a run at once.
+same key, so the store itself decides between two processes that claim a run at once. The same
+write-once params elect one run of several made at once for one purpose (``elect``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,36 @@ def claim_run(mlflow_client, run_id: str, config_hash: str | None):
             "one has ended, if it still needs to"
         ) from None
     return run
+
+
+ELECTED = "elected"
+"""param ``elected`` = the run id its writer voted for (write-once; see ``elect``)"""
+
+
+def elect(mlflow_client, mine: str, candidates) -> bool:
+    """Whether run ``mine`` wins the election among ``candidates``: runs made at once for one
+    purpose, ``mine`` among them, each read after its own creation, in an order all agree on.
+
+    ``mine`` writes its id into the write-once param ``elected`` of every candidate, in order,
+    and wins only if every write holds (a deleted candidate has withdrawn and is passed over).
+    Two winners would both have written to the candidate made first, which each of them saw,
+    and the store keeps one value per key: so at most one wins. A loser was stopped by a value
+    whose writer got further along the same order, so at least one wins. No clock is compared.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for run in candidates:
+        run_id = run.info.run_id
+        try:
+            mlflow_client.log_param(run_id, ELECTED, mine)
+        except MlflowException:
+            now = mlflow_client.get_run(run_id)
+            if now.info.lifecycle_stage == "deleted":
+                continue
+            if now.data.params.get(ELECTED) in (None, mine):
+                raise  # not a vote for another run: a store error
+            return False
+    return True
 
 
 def _claims(run) -> dict[str, str]:

@@ -169,14 +169,15 @@ def open_store(uri: str) -> None:
     check_store(uri)
     from mlflow.tracking import MlflowClient
 
-    with _initialising(uri):
+    with initialising(uri):
         MlflowClient(uri)  # creates or upgrades the tables
     _opened.add(uri)
 
 
 @contextlib.contextmanager
-def _initialising(uri: str):
-    """Hold the store's initialisation lock for the block (nothing to hold for other stores)."""
+def initialising(uri: str):
+    """Hold the store's initialisation lock for the block (nothing to hold for other stores):
+    one process at a time creates the tables of a fresh database (MLflow's or Optuna's)."""
     backend = uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
     if backend == "sqlite":
         from filelock import FileLock

@@ -27,6 +27,11 @@ skips every cell whose child run is FINISHED, marks children left RUNNING by a k
 FAILED and runs their cells again. A finished cell is never repeated or dropped. The first cell
 that fails stops the sweep (its run is FAILED); run the same command again to resume.
 
+Started at once: commands of a new sweep that find no parent each stand a candidate run (tag
+``sweep_candidate``), and the store elects one (``ownership.elect``: write-once params, no clock
+compared) as the parent; the others delete theirs. A command whose sweep's parent another live
+process writes joins it as a worker with ``--storage`` (``_join``) and is refused without.
+
 Budgets (``--budget``) scale the config's schedules (``conf/<model>_<dataset>.yaml``):
 - ``paper``: the paper's epochs and rates on the whole training set (the default);
 - ``quick``: 1/4 of the epochs, 20,000 training images;
@@ -47,6 +52,7 @@ are measured CPU constants of this project's 2-core machine (``RATES``); a GPU i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -395,6 +401,11 @@ def estimate_seconds(sw: Sweep, cell: Cell) -> float | None:
 
 
 # ----------------------------------------------------------------- MLflow bookkeeping
+ORDER = ["attributes.start_time ASC", "attributes.run_id ASC"]
+ELECTION_WAIT_S = 60.0
+"""how long a command that lost the election waits for the winner to become the parent"""
+
+
 def find_parent(client, sw: Sweep):
     """The sweep's parent run (the oldest run tagged with its ``sweep_key``), or None."""
     exp = client.get_experiment_by_name(sw.experiment_name)
@@ -403,10 +414,71 @@ def find_parent(client, sw: Sweep):
     runs = client.search_runs(
         [exp.experiment_id],
         f"tags.sweep_key = '{sw.key}' and tags.sweep_role = 'parent'",
-        order_by=["attributes.start_time ASC"],
+        order_by=ORDER,
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def _candidates(client, sw: Sweep, exp_id: str) -> list:
+    """The runs that stood for the sweep's parent (tag ``sweep_candidate``; the elected one is
+    also ``sweep_role=parent``), in the order of ``find_parent``."""
+    runs = client.search_runs(
+        [exp_id], f"tags.sweep_candidate = '{sw.key}'", order_by=ORDER, max_results=1000
+    )
+    return list(runs)
+
+
+def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
+    """The parent run of a sweep that has none yet: this command's, or the one elected among the
+    commands of the same sweep started at the same moment (``ownership.elect``).
+
+    This command's run (a new one, or `mlflow run`'s) stands with the tag ``sweep_candidate``
+    (one tag, set once: a single search sees every candidate); the one elected becomes the
+    ``sweep_role=parent``; the others withdraw before anything else is written (a new run is
+    deleted, `mlflow run`'s loses the sweep's tags) and wait for it.
+    """
+    from mlflow.entities import RunTag
+
+    from robust_ft.ownership import elect, owner_alive, process_tags
+    from robust_ft.tracking import experiment_id
+
+    exp_id = experiment_id(client, sw.experiment_name)
+    tags = {k: v for k, v in args["tags"].items() if k != "sweep_role"}
+    tags |= {"sweep_candidate": sw.key, **process_tags()}
+    own = os.environ.get("MLFLOW_RUN_ID")
+    if own:
+        client.log_batch(own, tags=[RunTag(k, v) for k, v in tags.items()])
+    mine = own or client.create_run(exp_id, run_name=sw.name, tags=tags).info.run_id
+    for run in _candidates(client, sw, exp_id):  # a candidate whose process died mid-election
+        if "sweep_role" not in run.data.tags and owner_alive(run.data.tags) is False:
+            client.delete_run(run.info.run_id)
+    runs = _candidates(client, sw, exp_id)
+    settled = any(r.data.tags.get("sweep_role") == "parent" for r in runs)
+    if not settled and elect(client, mine, runs):
+        client.set_tag(mine, "sweep_role", "parent")
+        return mine
+    if own:  # back to the run `mlflow run` made, which then points at the parent
+        for key in tags.keys() - process_tags().keys():
+            client.delete_tag(own, key)
+    else:
+        client.delete_run(mine)
+    deadline = time.time() + ELECTION_WAIT_S
+    while (parent := find_parent(client, sw)) is None:
+        if time.time() > deadline:
+            from robust_ft.tracking import TrackingError
+
+            left = [r.info.run_id for r in _candidates(client, sw, exp_id)]
+            raise TrackingError(
+                f"sweep {sw.name!r} (key {sw.key}): another command of it started at the same "
+                f"moment and was elected to make its parent run, but none appeared in "
+                f"{ELECTION_WAIT_S:.0f} s; if that command died, delete its candidate run(s) "
+                f"{', '.join(left) or '(none left)'} (MLflow UI) and run the command again"
+            )
+        time.sleep(0.2)
+    if own:
+        client.set_tag(own, "sweep_parent", parent.info.run_id)  # `mlflow run`: point at it
+    return parent.info.run_id
 
 
 def children(client, parent) -> list:
@@ -544,7 +616,8 @@ class Workers:
 
 def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) -> Plan:
     """Run (or, with ``dry_run``, list) every unfinished cell of the sweep under one parent run."""
-    from robust_ft.tracking import check_reachable, default_tracking_uri, tracked_run
+    from robust_ft.ownership import live_owner
+    from robust_ft.tracking import TrackingError, check_reachable, default_tracking_uri, tracked_run
 
     workers = workers or Workers()
     check_reachable(default_tracking_uri())
@@ -558,13 +631,25 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
         return p
     start = time.time()
     args = parent_run_args(client, sw)
-    if workers.storage is not None and args["run_id"]:  # another machine's command runs it?
-        from robust_ft.ownership import live_owner
-
-        owner = live_owner(client.get_run(args["run_id"]))
-        if owner:
+    if args["run_id"] is None:  # a new sweep: this command's parent, or a simultaneous one's
+        args["run_id"] = new_parent(client, sw, args)
+    with contextlib.ExitStack() as stack:
+        parent, owner = None, live_owner(client.get_run(args["run_id"]))
+        if owner is None:
+            try:
+                parent = stack.enter_context(tracked_run(**args))
+            except TrackingError:  # e.g. claimed by another command at the same moment
+                owner = live_owner(client.get_run(args["run_id"]))
+                if owner is None:
+                    raise
+        if owner is not None:
+            if workers.storage is None:
+                raise TrackingError(
+                    f"sweep {sw.name!r} is already running: its parent MLflow run "
+                    f"{args['run_id']} is being written by {owner}; wait for it to end or stop it, or "
+                    "start every command of the sweep with the same --storage URL to share its cells"
+                )
             return _join(sw, args["run_id"], owner, workers, client)
-    with tracked_run(**args) as parent:
         try:
             view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
             p = plan(client, sw)

@@ -217,16 +217,18 @@ def _open_run(mlflow_client, experiment, run_id, run_name, tags, mark_running) -
             mlflow_client.update_run(run_id, status="RUNNING")
         name = mlflow_client.get_experiment(adopted.info.experiment_id).name
         return TrackedRun(run_id, name, "", adopted=True)
-    exp = mlflow_client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else _create_experiment(mlflow_client, experiment)
-    run = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags)
+    run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name, tags=tags)  # fmt: skip
     return TrackedRun(run.info.run_id, experiment, "")
 
 
-def _create_experiment(mlflow_client, name: str) -> str:
-    """Create an experiment; another process creating it at the same moment is not an error."""
+def experiment_id(mlflow_client, name: str) -> str:
+    """The id of experiment ``name``, created if missing (also when another process creates it
+    at the same moment)."""
     from mlflow.exceptions import MlflowException
 
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
     try:
         return mlflow_client.create_experiment(name)
     except MlflowException:

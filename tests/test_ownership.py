@@ -88,6 +88,19 @@ def test_processes_starting_at_once_on_a_fresh_sqlite_store(tmp_path):
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
 
 
+def test_processes_opening_a_fresh_optuna_sqlite_storage_at_once(tmp_path):
+    """Sweep workers and studies started at once on a new ``--storage``: without the store's
+    file lock Optuna's table creation failed ("table studies already exists")."""
+    code = ("import sys, time\n"
+            "from robust_ft.tune.storage import make_storage\n"
+            "for i in range(4):  # four fresh files, each opened by all at the same instant\n"
+            "    time.sleep(max(0, float(sys.argv[1]) + i - time.time()))\n"
+            "    make_storage(f'sqlite:///optuna{i}.db', 30)")  # fmt: skip
+    start = str(time.time() + 8)  # after the imports
+    results = _at_once([[sys.executable, "-c", code, start] for _ in range(3)], _env(""), tmp_path)
+    assert [r.returncode for r in results] == [0] * 3, [r.stderr[-1500:] for r in results]
+
+
 def _fit_cmd(epochs: int = 4) -> list[str]:
     return [
         sys.executable, "-m", "robust_ft", "fit", "--config", str(CONF / "lenet5_mnist.yaml"),

@@ -300,3 +300,37 @@ def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_pa
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+
+
+def test_commands_standing_for_a_sweeps_parent_at_once_on_postgresql(postgres, tmp_path):
+    """The sweep's parent election (write-once params) on PostgreSQL: three processes, two
+    rounds of a new sweep each; one parent per sweep, every process names it."""
+    import psycopg
+    from test_sweep import ELECTOR, RACE, _release
+
+    from robust_ft.sweep import parse_args
+
+    hostport, password = postgres
+    host, port = hostport.split(":")
+    with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
+                         "dbname=mlflow", autocommit=True) as conn:  # fmt: skip
+        conn.execute("create database elect")
+    uri = f"postgresql://{USER}:{password}@{hostport}/elect"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    n, rounds = 3, 2
+    cmd = [sys.executable, "-c", ELECTOR, str(tmp_path), str(rounds), *RACE]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
+    for i in range(rounds):
+        _release(procs, tmp_path, f"ready-{i}-*", f"go-{i}")
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
+    named = [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("lenet5-synthetic").experiment_id
+    for i in range(rounds):
+        key = parse_args([*RACE, "--seeds", str(i)])[0].key
+        (parent,) = {names[str(i)] for names in named}
+        (run,) = client.search_runs([exp], f"tags.sweep_key = '{key}'")
+        assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"

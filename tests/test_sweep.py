@@ -334,3 +334,192 @@ def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     again = client.get_run(victim.info.run_id)
     assert again.info.status == "FINISHED" and again.data.tags["resumed_from"].endswith("last.ckpt")
     assert again.data.tags["pid"] != victim.data.tags["pid"]
+
+
+# ----------------------------------------------------------------- commands started at once
+RACE = ["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus", "--levels", "2",
+        "--first-n", "1", "--no-retrain", "--budget", "demo", "--name", "race"]  # fmt: skip
+RACE_CELLS = {"pretrain/clean/L0", "notrain/defocus/L2", "first-1/defocus/L2"}
+
+# Each round: wait for the file `go-<round>`, then stand for the parent of a new sweep at once.
+# new_parent is called without find_parent before it, so every process makes a candidate: the
+# widest race window there is (in a real start, a command that sees a parent makes none).
+ELECTOR = """
+import os, sys, time
+from pathlib import Path
+from robust_ft.sweep import new_parent, parent_run_args, parse_args
+from robust_ft.tracking import client
+here, rounds, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+c = client()
+for i in range(rounds):
+    sw, _ = parse_args([*args, "--seeds", str(i)])
+    if os.environ.get("AS_MLFLOW_RUN"):  # the run `mlflow run` makes before the command starts
+        exp = c.get_experiment_by_name(sw.experiment_name)
+        exp = exp.experiment_id if exp else c.create_experiment(sw.experiment_name)
+        os.environ["MLFLOW_RUN_ID"] = c.create_run(exp).info.run_id
+    (here / f"ready-{i}-{os.getpid()}").touch()
+    while not (here / f"go-{i}").exists():
+        time.sleep(0.001)
+    print("round", i, new_parent(c, sw, parent_run_args(c, sw)), flush=True)
+"""
+
+# A sweep command whose imports are done and whose store is open (robust-ft opens it once per
+# process, under a file lock: two fresh processes would pass that lock one after the other),
+# released by the file `go`.
+AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+import robust_ft.runner, robust_ft.sweep, robust_ft.workers
+from robust_ft.cli import main
+from robust_ft.tracking import client
+client()
+(Path(sys.argv[1]) / f"ready-{os.getpid()}").touch()
+while not (Path(sys.argv[1]) / "go").exists():
+    time.sleep(0.001)
+main(["sweep", *sys.argv[2:]])
+"""
+
+
+def _release(procs: list[subprocess.Popen], here, ready: str, go: str) -> None:
+    """Touch ``go`` once every process has touched its ``ready`` file."""
+    deadline = time.time() + 300
+    while len(list(here.glob(ready))) < len(procs):
+        assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs]
+        assert time.time() < deadline, "the processes did not get ready"
+        time.sleep(0.05)
+    (here / go).touch()
+
+
+def _parents(client, key: str, deleted: bool = False) -> list:
+    """The runs tagged with a sweep key (its children too), or the deleted ones."""
+    from mlflow.entities import ViewType
+
+    exp = client.get_experiment_by_name("lenet5-synthetic")
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+    return client.search_runs([exp.experiment_id], f"tags.sweep_key = '{key}'", run_view_type=view)
+
+
+@pytest.mark.parametrize("mlflow_run", [False, True], ids=["robust-ft", "mlflow-run"])
+def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(workdir, mlflow_run):
+    """Four processes make a candidate parent run of a new sweep at the same instant, three
+    rounds: all name the same parent, it is the sweep's one parent, the others' runs are gone
+    (under `mlflow run`: its runs stay, pointing at the parent)."""
+    n, rounds = 4, 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"AS_MLFLOW_RUN": "1"} if mlflow_run else {})}
+    if mlflow_run:  # made once here: the processes' `mlflow run` runs would race to make it
+        MlflowClient().create_experiment("lenet5-synthetic")
+    cmd = [sys.executable, "-c", ELECTOR, str(workdir), str(rounds), *RACE]
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
+    for i in range(rounds):
+        _release(procs, workdir, f"ready-{i}-*", f"go-{i}")
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
+    named = [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+    client = MlflowClient()
+    for i in range(rounds):
+        key = parse_args([*RACE, "--seeds", str(i)])[0].key
+        (parent,) = {names[str(i)] for names in named}  # every process names the same run
+        (run,) = _parents(client, key)  # the sweep's one run: no other candidate is left
+        assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"
+        assert run.data.tags["sweep_candidate"] == key
+        assert run.data.params["elected"] == parent
+        if not mlflow_run:
+            assert len(_parents(client, key, deleted=True)) == n - 1  # every other one stood
+            continue
+        others = client.search_runs([run.info.experiment_id], f"tags.sweep_parent = '{parent}'")
+        assert len(others) == n - 1 and not _parents(client, key, deleted=True)
+        assert all("sweep_candidate" not in r.data.tags for r in others)  # they withdrew
+        assert all("sweep_key" not in r.data.tags for r in others)
+
+
+def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
+    """Two identical sweep commands released at the same instant on a store without the sweep.
+
+    The store and the experiment are made first: on a fresh SQLite file the first command makes
+    the tables under a file lock while the second waits, and would find the parent made."""
+    from robust_ft.tracking import client, experiment_id
+
+    experiment_id(client(), "lenet5-synthetic")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", AT_ONCE, str(workdir), *RACE, *extra]
+    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    _release(procs, workdir, "ready-*", "go")
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    return [(p.returncode, o) for p, o in zip(procs, outs, strict=True)]
+
+
+def _one_parent_one_run_per_cell(client) -> str:
+    """The race sweep has one parent run; each cell ran once, FINISHED, as its child."""
+    key = parse_args(RACE)[0].key
+    parents = [r for r in _parents(client, key) if "cell" not in r.data.tags]  # and candidates
+    assert [r.data.tags["sweep_role"] for r in parents] == ["parent"]
+    parent = parents[0].info.run_id
+    runs = _children(client)
+    assert Counter(_cell_suffix(r.data.tags["cell"]) for r in runs) == Counter(RACE_CELLS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
+    assert client.get_run(parent).info.status == "FINISHED"
+    return parent
+
+
+@pytest.mark.slow
+def test_two_sweep_commands_started_at_once_with_storage_share_one_parent(workdir):
+    results = _sweeps_at_once(workdir, ["--storage", f"sqlite:///{workdir / 'q.db'}"])
+    assert [code for code, _ in results] == [0, 0], [o[-3000:] for _, o in results]
+    parent = _one_parent_one_run_per_cell(MlflowClient())
+    joined = [o for _, o in results if f"parent run {parent} is run by process" in o]
+    assert len(joined) == 1, [o[-3000:] for _, o in results]  # the other owned and ended it
+
+
+@pytest.mark.slow
+def test_of_two_sweep_commands_started_at_once_without_storage_one_is_refused(workdir):
+    results = _sweeps_at_once(workdir, [])
+    assert sorted(code for code, _ in results) == [0, 2], [o[-3000:] for _, o in results]
+    parent = _one_parent_one_run_per_cell(MlflowClient())
+    refused = next(o for code, o in results if code == 2)
+    assert f"sweep 'race' is already running: its parent MLflow run {parent} is being written by process" in refused  # fmt: skip
+    assert "--storage" in refused and "Traceback" not in refused
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [True, False], ids=["storage", "no-storage"])
+def test_two_commands_resuming_a_killed_sweep_at_once_one_owns_it(workdir, storage):
+    """The sweep's parent exists (killed before its first cell): both commands find it and
+    claim it at the same moment; the store gives it to one, the other joins or is refused."""
+    from robust_ft.tracking import tracked_run
+
+    client = MlflowClient()
+    sw, _ = parse_args(RACE)
+    with pytest.raises(KeyboardInterrupt), tracked_run(**sweep.parent_run_args(client, sw)) as p:
+        raise KeyboardInterrupt
+    results = _sweeps_at_once(workdir, ["--storage", "sqlite:///q.db"] if storage else [])
+    codes = sorted(code for code, _ in results)
+    assert codes == ([0, 0] if storage else [0, 2]), [o[-3000:] for _, o in results]
+    assert _one_parent_one_run_per_cell(client) == p.run_id
+    other = f"parent run {p.run_id} is run by process" if storage else "is already running"
+    assert sum(other in o for _, o in results) == 1, [o[-3000:] for _, o in results]
+
+
+def test_a_candidate_left_by_a_dead_command_is_deleted_not_waited_for(workdir):
+    """A command that died between standing and ending the election (its vote on itself
+    written) leaves a candidate run; the next command deletes it and becomes the parent."""
+    import socket
+
+    from robust_ft.tracking import client, experiment_id
+
+    c, sw = client(), parse_args(RACE)[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    tags = {
+        "sweep_key": sw.key,
+        "sweep_candidate": sw.key,
+        "host": socket.gethostname(),
+        "pid": dead,
+    }
+    stale = c.create_run(experiment_id(c, sw.experiment_name), tags=tags).info.run_id
+    c.log_param(stale, "elected", stale)
+    parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
+    assert parent != stale and c.get_run(stale).info.lifecycle_stage == "deleted"
+    assert sweep.find_parent(c, sw).info.run_id == parent

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from robust_ft.stores import connect_args, connect_timeout, redact, scrub
+from robust_ft.stores import connect_args, connect_timeout, initialising, redact, scrub
 
 RDB_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
 STORAGE_FORMS = (
@@ -59,8 +59,8 @@ def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
     if heartbeat > 0:
         kwargs.update(heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
         kwargs[RETRY_KWARG] = retry_callback()
-    try:
-        with warnings.catch_warnings():
+    try:  # a fresh database's tables are made by one process at a time, as MLflow's
+        with warnings.catch_warnings(), initialising(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, **kwargs)
     except ImportError as e:
