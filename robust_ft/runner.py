@@ -505,6 +505,15 @@ def run_tags(cli: RobustCLI) -> dict[str, str]:
     return tags
 
 
+def _name_and_tags(cli: RobustCLI) -> tuple[str, dict[str, str]]:
+    """The run's name and tags; says so when AlexNet starts from random weights."""
+    tags = run_tags(cli)
+    if tags["weights"] == "random" and tags["model"] == "alexnet":  # it has published weights
+        log.info("alexnet starts from random weights (model.pretrained false)")
+    name = f"{tags['method']}-{tags['distortion']}-{tags['level']}"
+    return cli.config.tracking.run_name or name, tags
+
+
 def starting_weights(model_cfg) -> str:
     """What the network starts from: ``checkpoint``, ``published`` (ImageNet) or ``random``."""
     if model_cfg.init_from:
@@ -564,10 +573,7 @@ def run(
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     cli = RobustCLI(RunArgs(command, configs, overrides or {}, argv, fixed or {}))
-    tr, tags = cli.config.tracking, run_tags(cli)
-    if tags["weights"] == "random" and tags["model"] == "alexnet":  # it has published weights
-        log.info("alexnet starts from random weights (model.pretrained false)")
-    name = tr.run_name or f"{tags['method']}-{tags['distortion']}-{tags['level']}"
+    tr, (name, tags) = cli.config.tracking, _name_and_tags(cli)
     with tracked_run(
         cli.experiment_name(),
         run_name=name,

@@ -616,8 +616,7 @@ class Workers:
 
 def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) -> Plan:
     """Run (or, with ``dry_run``, list) every unfinished cell of the sweep under one parent run."""
-    from robust_ft.ownership import live_owner
-    from robust_ft.tracking import TrackingError, check_reachable, default_tracking_uri, tracked_run
+    from robust_ft.tracking import check_reachable, default_tracking_uri
 
     workers = workers or Workers()
     check_reachable(default_tracking_uri())
@@ -634,21 +633,8 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
     if args["run_id"] is None:  # a new sweep: this command's parent, or a simultaneous one's
         args["run_id"] = new_parent(client, sw, args)
     with contextlib.ExitStack() as stack:
-        parent, owner = None, live_owner(client.get_run(args["run_id"]))
-        if owner is None:
-            try:
-                parent = stack.enter_context(tracked_run(**args))
-            except TrackingError:  # e.g. claimed by another command at the same moment
-                owner = live_owner(client.get_run(args["run_id"]))
-                if owner is None:
-                    raise
+        parent, owner = _take_parent(stack, client, sw, args, workers)
         if owner is not None:
-            if workers.storage is None:
-                raise TrackingError(
-                    f"sweep {sw.name!r} is already running: its parent MLflow run "
-                    f"{args['run_id']} is being written by {owner}; wait for it to end or stop it, or "
-                    "start every command of the sweep with the same --storage URL to share its cells"
-                )
             return _join(sw, args["run_id"], owner, workers, client)
         try:
             view = share_view(client, sw, client.get_run(parent.run_id).info.experiment_id)
@@ -668,6 +654,29 @@ def run_sweep(sw: Sweep, dry_run: bool = False, workers: Workers | None = None) 
     log.info(f"[sweep] done in {time.time() - start:.0f} s; parent run {parent.run_id}")
     log.info(f"[sweep] the runs table in the MLflow UI: {open_hint(default_tracking_uri(), view)}")
     return replace(plan(client, sw), parent=parent.run_id, todo=[])
+
+
+def _take_parent(stack, client, sw: Sweep, args: dict, workers: Workers):
+    """(the parent's TrackedRun entered on ``stack``, None) when no live command owns the
+    parent; else (None, its owner) to join with ``--storage``, or refused without it."""
+    from robust_ft.ownership import live_owner
+    from robust_ft.tracking import TrackingError, tracked_run
+
+    owner = live_owner(client.get_run(args["run_id"]))
+    if owner is None:
+        try:
+            return stack.enter_context(tracked_run(**args)), None
+        except TrackingError:  # e.g. claimed by another command at the same moment
+            owner = live_owner(client.get_run(args["run_id"]))
+            if owner is None:
+                raise
+    if workers.storage is None:
+        raise TrackingError(
+            f"sweep {sw.name!r} is already running: its parent MLflow run "
+            f"{args['run_id']} is being written by {owner}; wait for it to end or stop it, or "
+            "start every command of the sweep with the same --storage URL to share its cells"
+        )
+    return None, owner
 
 
 def _join(sw: Sweep, parent: str, owner: str, workers: Workers, client) -> Plan:

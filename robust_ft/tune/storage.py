@@ -20,16 +20,10 @@ STORAGE_FORMS = (
 )
 
 
-def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
-    """An Optuna storage from ``sqlite:///file.db``, any RDB URL, or ``journal:PATH``.
-
-    RDB storages record a heartbeat every ``heartbeat`` seconds (0: off); a trial whose worker
-    died is failed by the next worker and retried once.
-    """
-    if url.startswith("journal:"):
-        return _journal(url)
+def _rdb_url(url: str):
+    """(URL, SQLAlchemy URL) of an RDB storage, checked, with the driver that is installed."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError
 
     if url.startswith("postgres://"):  # the short form SQLAlchemy no longer accepts
         url = "postgresql://" + url[len("postgres://") :]
@@ -48,6 +42,20 @@ def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
     if parsed.drivername == "postgresql" and _has("psycopg2") and not _has("psycopg"):
         # SQLAlchemy >= 2.1 defaults to psycopg 3; use the psycopg2 driver that is installed
         url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url, parsed
+
+
+def make_storage(url: str, heartbeat: int = 60) -> optuna.storages.BaseStorage:
+    """An Optuna storage from ``sqlite:///file.db``, any RDB URL, or ``journal:PATH``.
+
+    RDB storages record a heartbeat every ``heartbeat`` seconds (0: off); a trial whose worker
+    died is failed by the next worker and retried once.
+    """
+    if url.startswith("journal:"):
+        return _journal(url)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url, parsed = _rdb_url(url)
     kwargs: dict[str, Any] = {}
     args = connect_args(url, connect_timeout())  # a server that is down fails in seconds
     if args:
