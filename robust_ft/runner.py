@@ -37,6 +37,7 @@ from robust_ft.settings import (
     first_n_tag,
     is_finetune,
     method_name,
+    spawns_ranks,
 )
 
 log = logging.getLogger("robust_ft")
@@ -333,6 +334,7 @@ class RobustCLI(LightningCLI):
     def build_trainer(self, run_id: str | None, callbacks: Sequence = ()):
         """The Trainer, logging into ``run_id``, with robust-ft's callbacks and ``callbacks``."""
         from robust_ft.callbacks.confusion import ConfusionMatrixCallback
+        from robust_ft.callbacks.distributed import EndSpawnedProcessGroup
         from robust_ft.callbacks.grad_stats import GradientVarianceCallback
         from robust_ft.callbacks.progress import EpochProgress
         from robust_ft.tracking import default_tracking_uri
@@ -361,6 +363,8 @@ class RobustCLI(LightningCLI):
             ours += [self.checkpoint, SaveOnInterrupt(self.checkpoint.dirpath)]
         ours += [LogDatasetInputs(), GradientVarianceCallback(), ConfusionMatrixCallback()]
         ours.append(EpochProgress())
+        if spawns_ranks(cfg.trainer.get("strategy")):
+            ours.append(EndSpawnedProcessGroup())
         configured = list(self.config_init.get("trainer", {}).get("callbacks") or [])
         self.trainer = self.instantiate_trainer(
             callbacks=configured + ours + list(callbacks), logger=self.run_logger

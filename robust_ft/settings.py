@@ -54,3 +54,16 @@ def test_grid(kind: str | None, level: LevelSpec | None) -> dict[str, Any]:
 def experiment_name(model: str, dataset: str) -> str:
     """The default MLflow experiment of a model x dataset: ``<model>-<dataset>``."""
     return f"{model}-{dataset}"
+
+
+SPAWN_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+"""Lightning strategies whose ranks are multiprocessing children of the command's process."""
+
+
+def spawns_ranks(strategy: Any) -> bool:
+    """Whether a configured ``trainer.strategy`` (a name, or a class_path/init_args mapping)
+    starts its ranks as multiprocessing children (``ddp_spawn``, ``start_method: spawn``)."""
+    if isinstance(strategy, str):
+        return strategy in SPAWN_STRATEGIES or strategy.startswith("ddp_spawn")
+    init = strategy.get("init_args") or {} if hasattr(strategy, "get") else {}
+    return init.get("start_method") in ("spawn", "fork", "forkserver")

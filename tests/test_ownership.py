@@ -163,3 +163,35 @@ def test_latest_takes_the_newest_finished_pretrain_with_a_checkpoint_and_says_so
     assert run_id == real.run_id and path.name == "best.ckpt" and path.exists()
     lines = [r.getMessage() for r in caplog.records if r.name == "robust_ft"]
     assert any(f"init_from latest: pre-train run {real.run_id}" in x for x in lines), lines
+
+
+LOGGER = """
+import glob, os, sys, time
+from mlflow.entities import Dataset, DatasetInput
+from mlflow.tracking import MlflowClient
+from robust_ft.callbacks.tracking import log_inputs
+client, exp = MlflowClient(), sys.argv[1]
+for r in range(int(sys.argv[2])):
+    run = client.create_run(exp).info.run_id
+    open(f"r{r}-{os.getpid()}", "w").close()
+    while len(glob.glob(f"r{r}-*")) < 2:
+        time.sleep(0.002)
+    log_inputs(client, run, [DatasetInput(Dataset(f"set{r}", "d1g", "local", "{}"))])
+print("logged", flush=True)
+"""
+
+
+def test_two_processes_logging_one_dataset_at_once_both_record_it(workdir):
+    """The store looks a dataset up, then inserts it: two workers logging the same test set at
+    the same moment collide on its unique key; both runs still record it, once."""
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    exp = client.create_experiment("inputs")
+    results = _at_once([[sys.executable, "-c", LOGGER, exp, "15"] for _ in range(2)], _env(uri),
+                       workdir)  # fmt: skip
+    assert [r.stdout.strip() for r in results] == ["logged"] * 2, [
+        r.stderr[-1500:] for r in results
+    ]
+    runs = client.search_runs([exp])
+    assert len(runs) == 30
+    assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -70,7 +71,23 @@ class LogDatasetInputs(Callback):
             for d in (dm.inputs(stage) if hasattr(dm, "inputs") else [])
         ]
         if inputs:
-            logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+            log_inputs(logger.experiment, logger.run_id, inputs)
+
+
+def log_inputs(client, run_id: str, inputs: list, attempts: int = 3) -> None:
+    """``client.log_inputs``, again when another process added the same dataset meanwhile: the
+    store looks a dataset up, then inserts it, so two workers logging one test set at once
+    collide on its unique key; the next attempt finds the row the other one made."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as e:
+            race = any(w in str(e).lower() for w in ("unique", "duplicate"))
+            if not race or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 class SaveOnInterrupt(Callback):

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robust_ft.pipeline import base_config
-
-SPAWN_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+from robust_ft.settings import SPAWN_STRATEGIES
 
 
 @dataclass
