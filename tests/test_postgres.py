@@ -277,18 +277,24 @@ def test_no_secret_of_a_postgresql_store_in_console_params_tags_or_artifacts(pos
         assert secret not in text and quote(secret, safe="") not in text and "s3cr" not in text
 
 
-def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_path):
-    """MLflow's table creation runs in one process at a time (a PostgreSQL advisory lock)."""
+def _fresh_database(postgres, name: str) -> tuple[str, dict[str, str]]:
+    """A new database ``name`` on the test server: its URI and an environment pointing at it."""
     import psycopg
 
     hostport, password = postgres
     host, port = hostport.split(":")
     with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
                          "dbname=mlflow", autocommit=True) as conn:  # fmt: skip
-        conn.execute("create database fresh")
-    uri = f"postgresql://{USER}:{password}@{hostport}/fresh"
+        conn.execute(f"create database {name}")
+    uri = f"postgresql://{USER}:{password}@{hostport}/{name}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_RUN_ID", None)
+    return uri, env
+
+
+def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_path):
+    """MLflow's table creation runs in one process at a time (a PostgreSQL advisory lock)."""
+    uri, env = _fresh_database(postgres, "fresh")
     code = ("import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
             "from robust_ft.tracking import tracked_run\n"
             "with tracked_run('fresh'): pass")  # fmt: skip
@@ -305,28 +311,13 @@ def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_pa
 def test_commands_standing_for_a_sweeps_parent_at_once_on_postgresql(postgres, tmp_path):
     """The sweep's parent election (write-once params) on PostgreSQL: three processes, two
     rounds of a new sweep each; one parent per sweep, every process names it."""
-    import psycopg
-    from test_sweep import ELECTOR, RACE, _release
+    from test_sweep import RACE, elect_at_once
 
     from robust_ft.sweep import parse_args
 
-    hostport, password = postgres
-    host, port = hostport.split(":")
-    with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
-                         "dbname=mlflow", autocommit=True) as conn:  # fmt: skip
-        conn.execute("create database elect")
-    uri = f"postgresql://{USER}:{password}@{hostport}/elect"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_RUN_ID", None)
-    n, rounds = 3, 2
-    cmd = [sys.executable, "-c", ELECTOR, str(tmp_path), str(rounds), *RACE]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
-    for i in range(rounds):
-        _release(procs, tmp_path, f"ready-{i}-*", f"go-{i}")
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
-    named = [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+    uri, env = _fresh_database(postgres, "elect")
+    rounds = 2
+    named = elect_at_once(tmp_path, env, 3, rounds)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lenet5-synthetic").experiment_id
     for i in range(rounds):

@@ -399,6 +399,19 @@ def _parents(client, key: str, deleted: bool = False) -> list:
     return client.search_runs([exp.experiment_id], f"tags.sweep_key = '{key}'", run_view_type=view)
 
 
+def elect_at_once(cwd, env: dict, n: int, rounds: int) -> list[dict[str, str]]:
+    """``n`` ELECTOR processes released together for each of ``rounds`` new sweeps; per process,
+    the parent run it named in each round."""
+    cmd = [sys.executable, "-c", ELECTOR, str(cwd), str(rounds), *RACE]
+    procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
+    for i in range(rounds):
+        _release(procs, cwd, f"ready-{i}-*", f"go-{i}")
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
+    return [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+
+
 @pytest.mark.parametrize("mlflow_run", [False, True], ids=["robust-ft", "mlflow-run"])
 def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(workdir, mlflow_run):
     """Four processes make a candidate parent run of a new sweep at the same instant, three
@@ -408,14 +421,7 @@ def test_of_commands_standing_for_a_new_sweeps_parent_at_once_one_is_elected(wor
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"AS_MLFLOW_RUN": "1"} if mlflow_run else {})}
     if mlflow_run:  # made once here: the processes' `mlflow run` runs would race to make it
         MlflowClient().create_experiment("lenet5-synthetic")
-    cmd = [sys.executable, "-c", ELECTOR, str(workdir), str(rounds), *RACE]
-    procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
-    for i in range(rounds):
-        _release(procs, workdir, f"ready-{i}-*", f"go-{i}")
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
-    named = [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
+    named = elect_at_once(workdir, env, n, rounds)
     client = MlflowClient()
     for i in range(rounds):
         key = parse_args([*RACE, "--seeds", str(i)])[0].key
