@@ -296,6 +296,7 @@ class ImageFolderDataModule(DistortedDataModule):
             shard_workers,
         )
         self._streaming = None
+        self._selection_keys: dict[str, str] = {}
 
     @classmethod
     def configured_name(cls, init_args) -> str:
@@ -366,7 +367,10 @@ class ImageFolderDataModule(DistortedDataModule):
 
         if _is_identity(kind, level):
             return images
-        key = selection_key(self, split, StreamingSplits(self).selections()[split])
+        if split not in self._selection_keys:  # one file listing per split, not per test set
+            files = StreamingSplits(self).selections()[split]
+            self._selection_keys[split] = selection_key(self, split, files)
+        key = self._selection_keys[split]
         path = cache_path(
             self.cache_dir,
             dataset=f"{self.dataset_name}-distorted",
