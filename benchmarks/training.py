@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     quiet_third_party()
     torch.set_num_threads(a.threads)
     n = 2000 if a.quick else 10000
-    rounds = 3 if a.quick else 5
+    rounds = 3 if a.quick else 7
     tmp = tempfile.mkdtemp(prefix="rft-bench-")
     res: dict = {
         "machine": {"platform": platform.platform(), "nproc": os.cpu_count(), "torch_threads": a.threads,

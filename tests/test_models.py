@@ -182,3 +182,36 @@ def test_channels_last_classifier_computes_what_the_plain_layout_does(arch):
         grads.append(model.net.conv1.weight.grad)
     torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_steps": 3}])
+def test_train_loss_is_the_epochs_sample_weighted_mean_loss(tmp_path, limits):
+    """train/loss, summed per step and logged once, is the mean of the epoch's per-sample losses
+    (the last batch is smaller); an epoch cut short by max_steps still logs its part."""
+    import lightning as L
+
+    from robust_ft.data.datamodules import SyntheticDataModule
+    from robust_ft.models.classifier import ImageClassifier
+
+    class Losses(L.Callback):
+        def __init__(self):
+            self.seen, self.logged = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.seen.append((outputs["loss"].item(), len(batch[1])))
+
+        def on_train_epoch_end(self, trainer, pl_module):  # runs before the module's hook
+            self.logged.append(trainer.callback_metrics.get("train/loss"))
+
+    dm = SyntheticDataModule(root=str(tmp_path), n_train=230, n_test=10, val_split=0, batch_size=50)
+    cb = Losses()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb], **limits,
+    )  # fmt: skip
+    trainer.fit(ImageClassifier(lr=0.01), datamodule=dm)
+    assert len(cb.seen) == limits.get("max_steps", 5)
+    expected = sum(loss * n for loss, n in cb.seen) / sum(n for _, n in cb.seen)
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected, rel=1e-5)
+    if not limits:  # a whole epoch: the value is there before callbacks' on_train_epoch_end
+        assert cb.logged[0].item() == pytest.approx(expected, rel=1e-5)

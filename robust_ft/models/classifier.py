@@ -142,14 +142,33 @@ class ImageClassifier(L.LightningModule):
         return [] if first_n is None else [FirstNFinetuning(first_n)]
 
     # ----------------------------------------------------------------- steps
+    # train/loss is the epoch's mean over its samples. It is summed here and logged once, at the
+    # epoch's last batch (so callbacks' on_train_epoch_end see it): a per-step self.log costs
+    # ~0.5 ms a step (3% of a LeNet-5 step on 2 cores), torchmetrics' MeanMetric ~0.1 ms.
+    def on_train_epoch_start(self):
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
-        )
+        self._loss_sum += loss.detach() * len(y)
+        self._loss_count += len(y)
+        if self.trainer.is_last_batch:
+            self._log_train_loss()
         return loss
+
+    def on_train_epoch_end(self):
+        self._log_train_loss()  # an epoch cut short (max_steps) has no last batch
+
+    def _log_train_loss(self):
+        if self._loss_count:
+            mean = self._loss_sum / self._loss_count
+            kw = {"on_step": False, "on_epoch": True, "batch_size": self._loss_count}
+            self.log("train/loss", mean, sync_dist=True, **kw)
+            self._loss_sum.zero_()
+            self._loss_count = 0
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
