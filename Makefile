@@ -23,6 +23,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m robust_ft.helpcache  # `robust-ft fit --help` without importing Lightning
 	touch $@
 
 setup: $(BIN)/.installed

@@ -1,11 +1,18 @@
 """``robust-ft fit|validate|test --help`` without importing Lightning: a rendered help, cached.
 
 LightningCLI builds its help from the Trainer's, the model's and the DataModules' signatures, so
-rendering it imports Lightning and torch (~4 s). The text only changes when one of those changes:
-it is cached per (command, terminal width, versions of robust-ft, Lightning, jsonargparse and
-torch, and a digest of robust-ft's own source files), under ``cachedir.cache_dir()/help``
-(``$ROBUST_FT_CACHE_DIR``, default ``~/.cache/robust-ft``). A stale or unwritable cache
-only costs the render.
+rendering it imports Lightning and torch (~4-6 s on 2 cores). The text only changes when one of
+those changes: it is rendered at a fixed width (``COLUMNS``, 80) and kept per (command, versions of
+robust-ft, Lightning, jsonargparse and torch, digest of robust-ft's own source files).
+
+Two places hold it:
+
+- the environment's own ``<sys.prefix>/share/robust-ft/help``, filled at install time by
+  ``python -m robust_ft.helpcache`` (``make setup`` and the Docker image run it), so the first
+  ``--help`` after an install is as fast as the next;
+- the per-user cache ``cachedir.cache_dir()/help``, where a render on a miss is kept.
+
+A stale or unwritable place only costs one render.
 """
 
 from __future__ import annotations
@@ -14,19 +21,21 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
+import sys
 from pathlib import Path
 
 from robust_ft.cachedir import cache_dir
 
 PACKAGES = ("robust-ft", "lightning", "jsonargparse", "torch")
+COMMANDS = ("fit", "validate", "test")
+COLUMNS = 80  # fixed: one rendering serves every terminal (argparse wraps to $COLUMNS)
 
 
 def help_key(command: str) -> str:
-    """The cache key: the command, the width the text wraps at, versions and robust-ft's sources."""
+    """The cache key: the command, versions and robust-ft's sources."""
     from importlib.metadata import PackageNotFoundError, version
 
-    h = hashlib.sha256(f"{command}\0{shutil.get_terminal_size().columns}".encode())
+    h = hashlib.sha256(f"{command}\0{COLUMNS}".encode())
     for pkg in PACKAGES:
         with contextlib.suppress(PackageNotFoundError):
             h.update(f"\0{pkg}={version(pkg)}".encode())
@@ -36,25 +45,60 @@ def help_key(command: str) -> str:
     return h.hexdigest()[:32]
 
 
+def install_dir() -> Path:
+    """The environment's copy, written at install time (``python -m robust_ft.helpcache``)."""
+    return Path(sys.prefix) / "share" / "robust-ft" / "help"
+
+
 def render(command: str) -> str:
-    """The help text as LightningCLI prints it for ``robust-ft <command> --help``."""
+    """The help text as LightningCLI prints it for ``robust-ft <command> --help``, 80 wide."""
     from robust_ft.runner import parse
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        parse(command, argv=["--help"])
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(COLUMNS)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            parse(command, argv=["--help"])
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
     return out.getvalue()
 
 
-def cached_help(command: str) -> str:
-    """The help text of a Lightning command, rendered once per key."""
-    path = cache_dir() / "help" / f"{command}-{help_key(command)}.txt"
-    with contextlib.suppress(OSError):
-        return path.read_text()
-    text = render(command)
-    with contextlib.suppress(OSError):  # a read-only home only costs the next render
+def _write(path: Path, text: str) -> bool:
+    try:  # a read-only place only costs the next render
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
+        return True
+    except OSError:
+        return False
+
+
+def cached_help(command: str) -> str:
+    """The help text of a Lightning command, rendered once per key."""
+    name = f"{command}-{help_key(command)}.txt"
+    for place in (install_dir(), cache_dir() / "help"):
+        with contextlib.suppress(OSError):
+            return (place / name).read_text()
+    text = render(command)
+    _write(cache_dir() / "help" / name, text)
     return text
+
+
+def main() -> None:
+    """Render every Lightning command's help into the environment (run once per install)."""
+    for command in COMMANDS:
+        path = install_dir() / f"{command}-{help_key(command)}.txt"
+        if not path.exists() and not _write(path, render(command)):
+            print(f"robust-ft: cannot write {path.parent}; --help renders on first use")
+            return
+    print(f"robust-ft: help texts for {', '.join(COMMANDS)} cached in {install_dir()}")
+
+
+if __name__ == "__main__":
+    main()
