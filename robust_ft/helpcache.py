@@ -23,6 +23,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 from robust_ft.cachedir import cache_dir
 
@@ -55,16 +56,12 @@ def render(command: str) -> str:
     from robust_ft.runner import parse
 
     out = io.StringIO()
-    old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(COLUMNS)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            parse(command, argv=["--help"])
-    finally:
-        if old is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = old
+    with (
+        mock.patch.dict(os.environ, {"COLUMNS": str(COLUMNS)}),
+        contextlib.redirect_stdout(out),
+        contextlib.suppress(SystemExit),
+    ):
+        parse(command, argv=["--help"])
     return out.getvalue()
 
 
@@ -97,6 +94,9 @@ def main() -> None:
         if not path.exists() and not _write(path, render(command)):
             print(f"robust-ft: cannot write {path.parent}; --help renders on first use")
             return
+        for old in path.parent.glob(f"{command}-*.txt"):  # this environment's older renders
+            if old != path:
+                old.unlink(missing_ok=True)
     print(f"robust-ft: help texts for {', '.join(COMMANDS)} cached in {install_dir()}")
 
 

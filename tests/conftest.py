@@ -148,6 +148,20 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
+def release_together(procs, here: Path, ready: str, go: str = "go") -> None:
+    """Touch the file ``here/go`` once every process has touched a file matching ``ready``
+    (processes that wait for ``go`` after their imports then start one thing at the same instant,
+    under any machine load)."""
+    import time
+
+    deadline = time.time() + 300
+    while len(list(here.glob(ready))) < len(procs):
+        assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs]
+        assert time.time() < deadline, "the processes did not get ready"
+        time.sleep(0.05)
+    (here / go).touch()
+
+
 def pytest_collection_modifyitems(config, items):
     """The Docker tests run last: building the image takes the most disk (~10 GB) and time,
     and a machine short of either then fails or skips them without touching the others."""

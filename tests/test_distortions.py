@@ -541,3 +541,19 @@ def test_batched_padding_equals_numpy_pad(border):
             assert got.dtype == torch.float32
             assert got.is_contiguous() or border == "constant"
             np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (5, 7, 9, 3), (0, 7, 9), (0, 7, 9, 3)])
+def test_images_to_nchw_and_back(shape):
+    """(N,H,W) and (N,H,W,C) uint8 images, empty ones too, to (N,C,H,W) and back, unchanged;
+    the tensor is a copy (a read-only memmap can be distorted in place)."""
+    from robust_ft.data.distortions import images_to_nchw, nchw_to_images
+
+    images = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    images.flags.writeable = False
+    t = images_to_nchw(images)
+    c = shape[3] if len(shape) == 4 else 1
+    assert t.shape == (shape[0], c, *shape[1:3])
+    np.testing.assert_array_equal(t.numpy(), images.reshape(*shape[:3], c).transpose(0, 3, 1, 2))
+    t.add_(0)  # writable
+    np.testing.assert_array_equal(nchw_to_images(t, shape).numpy(), images)

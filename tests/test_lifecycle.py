@@ -13,7 +13,8 @@ import pytest
 from conftest import CONF, SYNTH
 from mlflow.tracking import MlflowClient
 
-from robust_ft.runner import nested, parse, run, user_keys
+from robust_ft.overrides import nested, user_keys
+from robust_ft.runner import parse, run
 from robust_ft.tracking import TrackingError, tracked_run
 
 TESTS = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONF, synthetic_args
+from conftest import CONF, release_together, synthetic_args
 from mlflow.tracking import MlflowClient
 
 from robust_ft.tracking import tracked_run
@@ -21,15 +21,17 @@ from robust_ft.tracking import tracked_run
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-# Each claimer waits until all have imported (a file each in the working directory), claims,
-# and an owner holds the run until every other claimer has tried: at once under any load.
+# Each claimer says it has imported (a file each in the working directory) and waits for `go`
+# (conftest.release_together), claims, and an owner holds the run until every other claimer has
+# tried: at once under any load.
 CLAIMER = """
 import glob, os, sys, time
+from pathlib import Path
 from robust_ft.tracking import TrackingError, tracked_run
 n, deadline = int(sys.argv[2]), time.time() + 120
-open(f"ready-{os.getpid()}", "w").close()
-while len(glob.glob("ready-*")) < n and time.time() < deadline:
-    time.sleep(0.005)
+Path(f"ready-{os.getpid()}").touch()
+while not Path("go").exists():
+    time.sleep(0.001)
 try:
     with tracked_run("own", run_id=sys.argv[1], tags={"config_hash": "h" * 16}, mark_running=False):
         print("owned", flush=True)
@@ -49,9 +51,15 @@ def _env(uri: str) -> dict[str, str]:
     return env
 
 
-def _at_once(cmds: list[list[str]], env, cwd) -> list[subprocess.CompletedProcess]:
+def _at_once(
+    cmds: list[list[str]], env, cwd, barrier: bool = False
+) -> list[subprocess.CompletedProcess]:
+    """Run the commands side by side; with ``barrier``, release them together once all are
+    ready (``conftest.release_together``)."""
     procs = [subprocess.Popen(c, env=env, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in cmds]  # fmt: skip
+    if barrier:
+        release_together(procs, Path(cwd), "ready-*")
     outs = [p.communicate(timeout=600) for p in procs]
     return [
         subprocess.CompletedProcess(p.args, p.returncode, o, e)
@@ -64,7 +72,7 @@ def test_of_processes_claiming_one_run_at_once_exactly_one_owns_it(workdir):
     with pytest.raises(KeyboardInterrupt), tracked_run("own", tags={"config_hash": "h" * 16}) as t:
         raise KeyboardInterrupt  # a killed run of config hhhh...
     cmds = [[sys.executable, "-c", CLAIMER, t.run_id, "3"] for _ in range(3)]
-    results = _at_once(cmds, _env(uri), workdir)
+    results = _at_once(cmds, _env(uri), workdir, barrier=True)
     lines = [r.stdout.strip() for r in results]
     assert sum(x == "owned" for x in lines) == 1, [(r.stdout, r.stderr[-500:]) for r in results]
     refused = [x for x in lines if x != "owned"]

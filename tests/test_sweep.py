@@ -10,10 +10,11 @@ import time
 from collections import Counter
 
 import pytest
+from conftest import release_together
 from mlflow.tracking import MlflowClient
 
 from robust_ft import sweep
-from robust_ft.runner import nested
+from robust_ft.overrides import nested
 from robust_ft.sweep import BUDGETS, PRESETS, Cell, cell_run, cells_of, parse_args, schedule
 
 # A tiny grid on synthetic data: pretrain, first-1/clean, and per kind notrain, first-1, retrain.
@@ -380,16 +381,6 @@ main(["sweep", *sys.argv[2:]])
 """
 
 
-def _release(procs: list[subprocess.Popen], here, ready: str, go: str) -> None:
-    """Touch ``go`` once every process has touched its ``ready`` file."""
-    deadline = time.time() + 300
-    while len(list(here.glob(ready))) < len(procs):
-        assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs]
-        assert time.time() < deadline, "the processes did not get ready"
-        time.sleep(0.05)
-    (here / go).touch()
-
-
 def _parents(client, key: str, deleted: bool = False) -> list:
     """The runs tagged with a sweep key (its children too), or the deleted ones."""
     from mlflow.entities import ViewType
@@ -406,7 +397,7 @@ def elect_at_once(cwd, env: dict, n: int, rounds: int) -> list[dict[str, str]]:
     procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(n)]  # fmt: skip
     for i in range(rounds):
-        _release(procs, cwd, f"ready-{i}-*", f"go-{i}")
+        release_together(procs, cwd, f"ready-{i}-*", f"go-{i}")
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, [o[-2000:] for o in outs]
     return [dict(x.split()[1:] for x in o.splitlines() if x.startswith("round ")) for o in outs]
@@ -451,7 +442,7 @@ def _sweeps_at_once(workdir, extra: list[str]) -> list[tuple[int, str]]:
     cmd = [sys.executable, "-c", AT_ONCE, str(workdir), *RACE, *extra]
     procs = [subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
-    _release(procs, workdir, "ready-*", "go")
+    release_together(procs, workdir, "ready-*", "go")
     outs = [p.communicate(timeout=600)[0] for p in procs]
     return [(p.returncode, o) for p, o in zip(procs, outs, strict=True)]
 
@@ -529,3 +520,23 @@ def test_a_candidate_left_by_a_dead_command_is_deleted_not_waited_for(workdir):
     parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
     assert parent != stale and c.get_run(stale).info.lifecycle_stage == "deleted"
     assert sweep.find_parent(c, sw).info.run_id == parent
+
+
+def test_a_candidate_elected_on_another_host_that_died_is_named_then_cleared(workdir, monkeypatch):
+    """A command on another host that won the election and died before making its parent run:
+    its process cannot be checked from here, so the next command waits for it (shortened here),
+    then stops with an error naming the candidate run; deleting that run, as the error says,
+    lets the command run again and become the parent."""
+    from robust_ft.tracking import TrackingError, client, experiment_id
+
+    monkeypatch.setattr(sweep, "ELECTION_WAIT_S", 1.0)
+    c, sw = client(), parse_args(RACE)[0]
+    tags = {"sweep_key": sw.key, "sweep_candidate": sw.key, "host": "elsewhere", "pid": "1"}
+    stale = c.create_run(experiment_id(c, sw.experiment_name), tags=tags).info.run_id
+    c.log_param(stale, "elected", stale)  # it voted for itself, then died
+    with pytest.raises(TrackingError, match=rf"none appeared in 1 s.*delete .*{stale}"):
+        sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
+    assert [r.info.run_id for r in sweep._candidates(c, sw, experiment_id(c, sw.experiment_name))] == [stale]  # fmt: skip
+    c.delete_run(stale)  # what the error says to do
+    parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
+    assert parent != stale and sweep.find_parent(c, sw).info.run_id == parent

@@ -457,9 +457,9 @@ def _distort_device(device: str) -> str:
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 (N,H,W) or (N,H,W,C) -> contiguous uint8 tensor (N,C,H,W) in memory."""
-    t = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))  # off the read-only memmap
-    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
-    return t.contiguous()
+    from robust_ft.data.distortions import images_to_nchw
+
+    return images_to_nchw(images.astype(np.uint8, copy=False)).contiguous()
 
 
 class MNISTDataModule(DistortedDataModule):

@@ -560,6 +560,19 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def images_to_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N,H,W) or (N,H,W,C) as a (N,C,H,W) view of a writable copy (even of a
+    read-only memmap)."""
+    chunk = np.array(images)
+    channels = chunk.shape[3] if chunk.ndim == 4 else 1
+    return torch.from_numpy(chunk).reshape(*chunk.shape[:3], channels).permute(0, 3, 1, 2)
+
+
+def nchw_to_images(batch: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The inverse of ``images_to_nchw``: (N,C,H,W) back to images of ``shape``."""
+    return batch.permute(0, 2, 3, 1).reshape(shape)
+
+
 # Over 50 lines for its docstring (the argument forms it accepts).
 def distort_array(
     images: np.ndarray,
@@ -598,8 +611,8 @@ def distort_array(
         file=sys.stderr,
     ) as bar:
         for start in range(0, len(images), step):
-            chunk = np.array(images[start : start + step])  # a writable copy, even of a memmap
-            batch = torch.from_numpy(chunk).reshape(*chunk.shape[:3], -1).permute(0, 3, 1, 2)
+            chunk = images[start : start + step]
+            batch = images_to_nchw(chunk)
             blocks = [
                 _sample_batch(
                     stages,
@@ -614,6 +627,6 @@ def distort_array(
                 stage.concat(p) for stage, p in zip(stages, zip(*blocks, strict=True), strict=True)
             ]
             result = _apply_batch(batch.to(device), stages, params, DEFAULT_BORDER)
-            out[start : start + len(chunk)] = result.permute(0, 2, 3, 1).reshape(chunk.shape).cpu()
+            out[start : start + len(chunk)] = nchw_to_images(result.cpu(), chunk.shape)
             bar.update(len(chunk))
     return out

@@ -142,15 +142,15 @@ def distort_seeded_array(
 ) -> np.ndarray:
     """A whole in-memory split (N,H,W) or (N,H,W,C) uint8, image i drawn from the seed the
     streaming path gives index i: the same bytes whether the split streams or not."""
-    from robust_ft.data.distortions import distort_batch_seeded
+    from robust_ft.data.distortions import distort_batch_seeded, images_to_nchw, nchw_to_images
 
     out = np.empty_like(images)
     for i in range(0, len(images), 256):
-        x = torch.from_numpy(np.array(images[i : i + 256])).to(device)  # a writable copy
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+        chunk = images[i : i + 256]
+        x = images_to_nchw(chunk).contiguous().to(device)
         seeds = sample_seeds(key, split, range(i, i + len(x)), kind, level, seed)
         y = distort_batch_seeded(x, kind, level, seeds).cpu()
-        out[i : i + len(x)] = (y[:, 0] if images.ndim == 3 else y.permute(0, 2, 3, 1)).numpy()
+        out[i : i + len(x)] = nchw_to_images(y, chunk.shape).numpy()
     return out
 
 

@@ -30,7 +30,7 @@ TUNE_OPTIONS = {
 
 def check_extra(extra: list[str], searched: list[str]) -> None:
     """Refuse a user flag that would undo the study: a searched parameter, the pre-train, a run id."""
-    from robust_ft.runner import covers, user_keys
+    from robust_ft.overrides import covers, user_keys
 
     refused = {PARAM_KEYS[p]: SEARCH_OPTIONS[p] for p in searched}
     for key, source in user_keys(extra).items():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robust_ft.pipeline import base_config
-from robust_ft.settings import SPAWN_STRATEGIES
+from robust_ft.settings import SPAWN_STRATEGIES, spawns_ranks
 
 
 @dataclass
@@ -132,14 +132,14 @@ def trial_strategy(setting: Setting, storage_url: str) -> str | None:
         )
     if strategy in ("ddp", "auto") and n > 1:
         chosen = "ddp_spawn"
-    elif strategy.startswith("ddp") and strategy not in SPAWN_STRATEGIES:
+    elif strategy.startswith("ddp") and not spawns_ranks(strategy):
         raise ValueError(
             f"trainer.strategy={strategy!r} cannot run inside a tuning worker (its launcher re-runs "
             f"the command once per rank); use one of {', '.join(SPAWN_STRATEGIES)}"
         )
     else:
         chosen = None
-    distributed = (chosen or strategy) in SPAWN_STRATEGIES
+    distributed = spawns_ranks(chosen or strategy)
     if distributed and storage_url.startswith("journal:"):
         raise ValueError(
             "distributed trials report pruning through the study's storage, which must be an RDB "
