@@ -275,12 +275,19 @@ class _StopAt(Callback):
 
 
 class _Count(Callback):
+    """Images read per epoch, and the sum of their losses."""
+
     def __init__(self):
         self.samples: dict[int, int] = {}
+        self.loss_sum: dict[int, float] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         e = trainer.current_epoch
         self.samples[e] = self.samples.get(e, 0) + len(batch[1])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        e = trainer.current_epoch
+        self.loss_sum[e] = self.loss_sum.get(e, 0.0) + outputs["loss"].item() * len(batch[1])
 
 
 def test_killed_mid_epoch_resumes_mid_epoch(workdir):
@@ -290,8 +297,9 @@ def test_killed_mid_epoch_resumes_mid_epoch(workdir):
     args = ["fit", "--config", str(LENET), "--data.init_args.root", str(root),
             "--data.init_args.stream", "true", "--data.init_args.batch_size", "10",
             "--trainer.max_epochs", "2", "--tracking.log_model", "false"]  # fmt: skip
+    before = _Count()
     with pytest.raises(BaseException):  # noqa: B017 - Lightning re-raises the SIGTERM exception
-        run_cli(args, callbacks=[_StopAt(3)])
+        run_cli(args, callbacks=[before, _StopAt(3)])
     (killed,) = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name("lenet5-shapes").experiment_id]
     )
@@ -300,3 +308,7 @@ def test_killed_mid_epoch_resumes_mid_epoch(workdir):
     res = run_cli(args, callbacks=[count])
     assert res.run_id == killed.info.run_id and res.status == "FINISHED"
     assert count.samples == {0: 108 - 30, 1: 108}
+    # the first epoch's train/loss covers all of it: the checkpoint carried the killed part's sum
+    history = MlflowClient().get_metric_history(res.run_id, "train/loss")
+    first = (before.loss_sum[0] + count.loss_sum[0]) / 108
+    assert history[0].value == pytest.approx(first, rel=1e-5)
