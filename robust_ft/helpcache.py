@@ -28,7 +28,6 @@ from unittest import mock
 from robust_ft.cachedir import cache_dir
 
 PACKAGES = ("robust-ft", "lightning", "jsonargparse", "torch")
-COMMANDS = ("fit", "validate", "test")
 COLUMNS = 80  # fixed: one rendering serves every terminal (argparse wraps to $COLUMNS)
 
 
@@ -89,7 +88,9 @@ def cached_help(command: str) -> str:
 
 def main() -> None:
     """Render every Lightning command's help into the environment (run once per install)."""
-    for command in COMMANDS:
+    from robust_ft.cli import LIGHTNING_COMMANDS
+
+    for command in LIGHTNING_COMMANDS:
         path = install_dir() / f"{command}-{help_key(command)}.txt"
         if not path.exists() and not _write(path, render(command)):
             print(f"robust-ft: cannot write {path.parent}; --help renders on first use")
@@ -97,7 +98,7 @@ def main() -> None:
         for old in path.parent.glob(f"{command}-*.txt"):  # this environment's older renders
             if old != path:
                 old.unlink(missing_ok=True)
-    print(f"robust-ft: help texts for {', '.join(COMMANDS)} cached in {install_dir()}")
+    print(f"robust-ft: help texts for {', '.join(LIGHTNING_COMMANDS)} cached in {install_dir()}")
 
 
 if __name__ == "__main__":
