@@ -277,11 +277,18 @@ def test_a_duplicate_of_a_running_sweep_is_refused_and_writes_nothing(workdir, c
 
 
 def _running_parent(client: MlflowClient) -> str | None:
+    """The first sweep's parent run once it is RUNNING and has a cell under it, else None."""
     exp = client.get_experiment_by_name(EXP)
     if exp is None:
         return None
     runs = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")
-    return runs[0].info.run_id if runs and runs[0].info.status == "RUNNING" else None
+    if not runs or runs[0].info.status != "RUNNING":
+        return None
+    # the parent is set up (params, owner) once its first cell has started: before that, the
+    # first sweep is still writing to it and a snapshot would race with those writes
+    parent = runs[0].info.run_id
+    cells = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    return parent if cells else None
 
 
 RO_SCRIPT = """
