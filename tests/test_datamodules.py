@@ -81,6 +81,32 @@ def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):
     assert torch.equal(dm2._data["train"][0].images, first)
 
 
+def test_raw_data_and_digests_are_read_once_per_split(tmp_path, monkeypatch):
+    """prepare_data + setup in one process read each raw split once and digest each split's
+    images once for all its test sets; setup alone (a DDP rank other than 0) reads them itself."""
+    import robust_ft.data.datamodules as D
+
+    reads, digests = [], []
+    real_load, real_digest = SyntheticDataModule.load_split, D.array_digest
+    monkeypatch.setattr(SyntheticDataModule, "load_split",
+                        lambda self, split: reads.append(split) or real_load(self, split))  # fmt: skip
+    monkeypatch.setattr(D, "array_digest", lambda *a: digests.append(len(a)) or real_digest(*a))
+    grid = {"test_kinds": ["motion", "noise"], "test_levels": [0, 1, 2]}
+    dm = _setup(_dm(tmp_path, distortion=Distortion("motion", 2), **grid))
+    assert sorted(reads) == ["test", "train"]
+    # images: train, val and test once each, shared by prepare_data and setup; (images, labels):
+    # the three split_digests; never one per distorted test set (4 here)
+    assert digests.count(1) == 3 and digests.count(2) == 3, digests
+    assert dm._prepared is None  # setup took prepare_data's copy over and let it go
+    reads.clear()
+    rank1 = _dm(tmp_path, distortion=Distortion("motion", 2), **grid)
+    rank1.setup("fit")
+    assert sorted(reads) == ["test", "train"]
+    for split in ("train", "val", "test"):
+        for a, b in zip(rank1._data[split], dm._data[split], strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+
+
 def test_online_mode_distorts_afresh_each_pass(tmp_path):
     dm = _setup(_dm(tmp_path, distortion=Distortion("noise", 3), cache=False, batch_size=16))
     ds = dm._data["train"][0]

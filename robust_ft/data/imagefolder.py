@@ -358,9 +358,10 @@ class ImageFolderDataModule(DistortedDataModule):
             batch = self.streaming.distort(batch, split, dataloader_idx, trainer.current_epoch)
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
-    def _distorted(self, split: str, images: np.ndarray, kind, level) -> np.ndarray:
+    def _distorted(self, split: str, images: np.ndarray, kind, level, digest=None) -> np.ndarray:
         """Own data in memory: every image drawn from the seed the streaming path gives it, so
-        ``stream`` true or false gives the same bytes (the paper's datasets keep block seeds)."""
+        ``stream`` true or false gives the same bytes (the paper's datasets keep block seeds).
+        Keyed by the split's file selection, so ``digest`` (of the pixels) is not needed."""
         from robust_ft.data.cache import cache_path, load_or_create
         from robust_ft.data.datamodules import _is_identity
         from robust_ft.data.streaming import StreamingSplits, distort_seeded_array, selection_key
