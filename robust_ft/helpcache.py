@@ -7,9 +7,9 @@ robust-ft, Lightning, jsonargparse and torch, digest of robust-ft's own source f
 
 Two places hold it:
 
-- the environment's own ``<sys.prefix>/share/robust-ft/help``, filled at install time by
-  ``python -m robust_ft.helpcache`` (``make setup`` and the Docker image run it), so the first
-  ``--help`` after an install is as fast as the next;
+- the environment's own ``<sys.prefix>/share/robust-ft/help`` (``$ROBUST_FT_HELP_DIR`` moves
+  it), filled at install time by ``python -m robust_ft.helpcache`` (``make setup`` and the Docker
+  image run it), so the first ``--help`` after an install is as fast as the next;
 - the per-user cache ``cachedir.cache_dir()/help``, where a render on a miss is kept.
 
 A stale or unwritable place only costs one render.
@@ -23,7 +23,6 @@ import io
 import os
 import sys
 from pathlib import Path
-from unittest import mock
 
 from robust_ft.cachedir import cache_dir
 
@@ -45,9 +44,13 @@ def help_key(command: str) -> str:
     return h.hexdigest()[:32]
 
 
+HELP_DIR_ENV = "ROBUST_FT_HELP_DIR"
+
+
 def install_dir() -> Path:
-    """The environment's copy, written at install time (``python -m robust_ft.helpcache``)."""
-    return Path(sys.prefix) / "share" / "robust-ft" / "help"
+    """The environment's copy, written at install time (``python -m robust_ft.helpcache``):
+    ``$ROBUST_FT_HELP_DIR``, else ``<sys.prefix>/share/robust-ft/help``."""
+    return Path(os.environ.get(HELP_DIR_ENV) or Path(sys.prefix) / "share" / "robust-ft" / "help")
 
 
 def render(command: str) -> str:
@@ -56,12 +59,26 @@ def render(command: str) -> str:
 
     out = io.StringIO()
     with (
-        mock.patch.dict(os.environ, {"COLUMNS": str(COLUMNS)}),
+        _columns(COLUMNS),
         contextlib.redirect_stdout(out),
         contextlib.suppress(SystemExit),
     ):
         parse(command, argv=["--help"])
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def _columns(width: int):
+    """``COLUMNS`` (argparse's wrap width) set for the block, then as it was (or unset)."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = before
 
 
 def _write(path: Path, text: str) -> bool:

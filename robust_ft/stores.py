@@ -189,28 +189,56 @@ def initialising(uri: str):
                 yield
             return
     elif backend in ("postgresql", "postgres", "mysql", "mariadb"):
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        lock, unlock = SERVER_LOCKS["postgresql" if backend.startswith("postgres") else "mysql"]
         engine = create_engine(uri, poolclass=NullPool, connect_args=connect_args(uri, 5))
         with engine.connect() as conn:
-            conn.execute(text(lock))
+            unlock = _server_lock(conn, backend.startswith("postgres"), uri)
             try:
                 yield
             finally:
-                conn.execute(text(unlock))
+                conn.execute(unlock)
                 conn.commit()
         engine.dispose()
         return
     yield
 
 
-SERVER_LOCKS = {
-    "postgresql": ("select pg_advisory_lock(81432107)", "select pg_advisory_unlock(81432107)"),
-    "mysql": ("select get_lock('robust_ft_init', 120)", "select release_lock('robust_ft_init')"),
-}
-"""a session lock of the database server, held while MLflow creates or upgrades its tables"""
+INIT_LOCK_WAIT_S = 120
+"""how long a process waits for another one's creation of a fresh database's tables"""
+PG_INIT_LOCK = 81432107  # the key of PostgreSQL's advisory lock
+MYSQL_INIT_LOCK = "robust_ft_init"  # the name of MySQL's/MariaDB's named lock
+
+
+def _server_lock(conn, postgres: bool, uri: str):
+    """Take the database server's session lock on ``conn`` (waiting at most
+    ``INIT_LOCK_WAIT_S``); the statement that releases it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    wait = INIT_LOCK_WAIT_S
+    if postgres:  # lock_timeout bounds the wait of pg_advisory_lock
+        conn.execute(text(f"set lock_timeout = '{int(wait * 1000)}ms'"))
+        try:
+            conn.execute(text("select pg_advisory_lock(:k)"), {"k": PG_INIT_LOCK})
+            got = True
+        except OperationalError:  # "canceling statement due to lock timeout"
+            got = False
+        lock, unlock = f"advisory lock {PG_INIT_LOCK}", "select pg_advisory_unlock(:k)"
+        params = {"k": PG_INIT_LOCK}
+    else:  # GET_LOCK: 1 taken, 0 timed out
+        row = conn.execute(text("select get_lock(:n, :w)"), {"n": MYSQL_INIT_LOCK, "w": wait})
+        got = row.scalar() == 1
+        lock, unlock = f"named lock {MYSQL_INIT_LOCK}", "select release_lock(:k)"
+        params = {"k": MYSQL_INIT_LOCK}
+    if not got:
+        raise TrackingError(
+            f"the initialisation lock of {redact(uri)} ({lock}) stayed held by another session "
+            f"for {wait:g} s: a process creating or upgrading the store's tables may be hung; "
+            "stop that process (or wait for it), then run the command again"
+        )
+    return text(unlock).bindparams(**params)
 
 
 def check_store(uri: str) -> None:

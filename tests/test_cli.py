@@ -203,28 +203,25 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
-def _help_probe(install: Path, check: str = "") -> str:
-    """Python source: ``robust-ft fit --help`` with the environment's help place at ``install``."""
-    return (
-        "import sys, pathlib; import robust_ft.helpcache as h; "
-        f"h.install_dir = lambda: pathlib.Path({str(install)!r}); "
-        "from robust_ft.cli import main; main(['fit', '--help']); " + check
-    )
+def _help_probe(check: str = "") -> str:
+    """Python source: ``robust-ft fit --help``, then ``check``."""
+    return "import sys; from robust_ft.cli import main; main(['fit', '--help']); " + check
 
 
 def test_fit_help_is_rendered_once_then_read_without_lightning(tmp_path):
     """``fit --help`` renders LightningCLI's help once per versions and sources, at 80 columns
     whatever the terminal, then answers from the cache without importing Lightning."""
-    env = {**os.environ, "ROBUST_FT_CACHE_DIR": str(tmp_path / "user"), "COLUMNS": "100"}
-    install = tmp_path / "install"  # empty: as after a plain pip install
-    first = subprocess.run([sys.executable, "-c", _help_probe(install)], env=env,
+    env = {**os.environ, "ROBUST_FT_CACHE_DIR": str(tmp_path / "user"), "COLUMNS": "100",
+           "ROBUST_FT_HELP_DIR": str(tmp_path / "install")}  # fmt: skip
+    # the install-time place is empty, as after a plain pip install
+    first = subprocess.run([sys.executable, "-c", _help_probe()], env=env,
                            capture_output=True, text=True)  # fmt: skip
     assert first.returncode == 0 and "--model.first_n" in first.stdout, first.stderr[-2000:]
     assert len(list((tmp_path / "user" / "help").glob("fit-*.txt"))) == 1
     assert max(map(len, first.stdout.splitlines()[:3])) <= 80
     no_import = "assert 'lightning' not in sys.modules and 'torch' not in sys.modules, 'imported'"
     for columns in ("100", "60"):  # one text for every width: no second render
-        again = subprocess.run([sys.executable, "-c", _help_probe(install, no_import)],
+        again = subprocess.run([sys.executable, "-c", _help_probe(no_import)],
                                env={**env, "COLUMNS": columns}, capture_output=True, text=True)  # fmt: skip
         assert again.returncode == 0, again.stderr[-2000:]
         assert again.stdout == first.stdout
@@ -235,20 +232,18 @@ def test_help_cached_at_install_time_answers_the_first_help(tmp_path):
     """``python -m robust_ft.helpcache`` (run by ``make setup`` and the Docker build) fills the
     environment's place, so the first ``--help`` on a fresh user cache imports no Lightning."""
     install = tmp_path / "install"
-    warm = (
-        "import pathlib; import robust_ft.helpcache as h; "
-        f"h.install_dir = lambda: pathlib.Path({str(install)!r}); h.main()"
-    )
-    r = subprocess.run([sys.executable, "-c", warm], capture_output=True, text=True)
+    env = {**os.environ, "ROBUST_FT_HELP_DIR": str(install)}
+    r = subprocess.run([sys.executable, "-m", "robust_ft.helpcache"], env=env, capture_output=True,
+                       text=True)  # fmt: skip
     assert r.returncode == 0 and "help texts for fit, validate, test cached" in r.stdout, r.stderr
     assert sorted(p.name.split("-")[0] for p in install.glob("*.txt")) == [
         "fit",
         "test",
         "validate",
     ]
-    env = {**os.environ, "ROBUST_FT_CACHE_DIR": str(tmp_path / "user")}
+    env["ROBUST_FT_CACHE_DIR"] = str(tmp_path / "user")
     no_import = "assert 'lightning' not in sys.modules, 'imported'"
-    first = subprocess.run([sys.executable, "-c", _help_probe(install, no_import)], env=env,
+    first = subprocess.run([sys.executable, "-c", _help_probe(no_import)], env=env,
                            capture_output=True, text=True)  # fmt: skip
     assert first.returncode == 0 and "--model.first_n" in first.stdout, first.stderr[-2000:]
     assert not (tmp_path / "user" / "help").exists()  # nothing rendered, nothing written

@@ -325,3 +325,28 @@ def test_commands_standing_for_a_sweeps_parent_at_once_on_postgresql(postgres, t
         (parent,) = {names[str(i)] for names in named}
         (run,) = client.search_runs([exp], f"tags.sweep_key = '{key}'")
         assert run.info.run_id == parent and run.data.tags["sweep_role"] == "parent"
+
+
+def test_an_initialisation_lock_held_too_long_is_named_on_postgresql(postgres, monkeypatch):
+    """A session that holds the advisory lock of a fresh store's table creation (a process hung
+    mid-migration) makes the next one stop after the wait, naming the lock, with no password."""
+    import psycopg
+
+    import robust_ft.stores as stores
+
+    uri, _ = _fresh_database(postgres, "held")
+    hostport, password = postgres
+    host, port = hostport.split(":")
+    with psycopg.connect(f"host={host} port={port} user={USER} password={password} "
+                         "dbname=held", autocommit=True) as holder:  # fmt: skip
+        holder.execute("select pg_advisory_lock(%s)", (stores.PG_INIT_LOCK,))
+        monkeypatch.setattr(stores, "INIT_LOCK_WAIT_S", 2)
+        start = time.monotonic()
+        with pytest.raises(stores.TrackingError) as err:
+            stores.open_store(uri)
+        took = time.monotonic() - start
+    text = str(err.value)
+    assert f"advisory lock {stores.PG_INIT_LOCK}" in text and "stayed held" in text, text
+    assert "***" in text and password not in text, text
+    assert 2 <= took < 30, took
+    stores.open_store(uri)  # the holder is gone: the lock is free and the store opens

@@ -13,7 +13,7 @@ import pytest
 from conftest import release_together
 from mlflow.tracking import MlflowClient
 
-from robust_ft import sweep
+from robust_ft import sweep, sweep_parent
 from robust_ft.overrides import nested
 from robust_ft.sweep import BUDGETS, PRESETS, Cell, cell_run, cells_of, parse_args, schedule
 
@@ -348,7 +348,8 @@ RACE_CELLS = {"pretrain/clean/L0", "notrain/defocus/L2", "first-1/defocus/L2"}
 ELECTOR = """
 import os, sys, time
 from pathlib import Path
-from robust_ft.sweep import new_parent, parent_run_args, parse_args
+from robust_ft.sweep import parse_args
+from robust_ft.sweep_parent import new_parent, parent_run_args
 from robust_ft.tracking import client
 here, rounds, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 c = client()
@@ -489,7 +490,10 @@ def test_two_commands_resuming_a_killed_sweep_at_once_one_owns_it(workdir, stora
 
     client = MlflowClient()
     sw, _ = parse_args(RACE)
-    with pytest.raises(KeyboardInterrupt), tracked_run(**sweep.parent_run_args(client, sw)) as p:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        tracked_run(**sweep_parent.parent_run_args(client, sw)) as p,
+    ):
         raise KeyboardInterrupt
     results = _sweeps_at_once(workdir, ["--storage", "sqlite:///q.db"] if storage else [])
     codes = sorted(code for code, _ in results)
@@ -517,9 +521,9 @@ def test_a_candidate_left_by_a_dead_command_is_deleted_not_waited_for(workdir):
     }
     stale = c.create_run(experiment_id(c, sw.experiment_name), tags=tags).info.run_id
     c.log_param(stale, "elected", stale)
-    parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
+    parent = sweep_parent.new_parent(c, sw, sweep_parent.parent_run_args(c, sw))
     assert parent != stale and c.get_run(stale).info.lifecycle_stage == "deleted"
-    assert sweep.find_parent(c, sw).info.run_id == parent
+    assert sweep_parent.find_parent(c, sw).info.run_id == parent
 
 
 def test_a_candidate_elected_on_another_host_that_died_is_named_then_cleared(workdir, monkeypatch):
@@ -529,14 +533,14 @@ def test_a_candidate_elected_on_another_host_that_died_is_named_then_cleared(wor
     lets the command run again and become the parent."""
     from robust_ft.tracking import TrackingError, client, experiment_id
 
-    monkeypatch.setattr(sweep, "ELECTION_WAIT_S", 1.0)
+    monkeypatch.setattr(sweep_parent, "ELECTION_WAIT_S", 1.0)
     c, sw = client(), parse_args(RACE)[0]
     tags = {"sweep_key": sw.key, "sweep_candidate": sw.key, "host": "elsewhere", "pid": "1"}
     stale = c.create_run(experiment_id(c, sw.experiment_name), tags=tags).info.run_id
     c.log_param(stale, "elected", stale)  # it voted for itself, then died
     with pytest.raises(TrackingError, match=rf"none appeared in 1 s.*delete .*{stale}"):
-        sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
-    assert [r.info.run_id for r in sweep._candidates(c, sw, experiment_id(c, sw.experiment_name))] == [stale]  # fmt: skip
+        sweep_parent.new_parent(c, sw, sweep_parent.parent_run_args(c, sw))
+    assert [r.info.run_id for r in sweep_parent.candidates(c, sw, experiment_id(c, sw.experiment_name))] == [stale]  # fmt: skip
     c.delete_run(stale)  # what the error says to do
-    parent = sweep.new_parent(c, sw, sweep.parent_run_args(c, sw))
-    assert parent != stale and sweep.find_parent(c, sw).info.run_id == parent
+    parent = sweep_parent.new_parent(c, sw, sweep_parent.parent_run_args(c, sw))
+    assert parent != stale and sweep_parent.find_parent(c, sw).info.run_id == parent
