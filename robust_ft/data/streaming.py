@@ -159,8 +159,7 @@ class StreamingSplits:
 
     def __init__(self, dm):
         self.dm = dm
-        self.sets: dict[str, Path] = {}
-        self.files: dict[str, list[tuple[Path, int]]] = {}
+        self.sets: dict[str, Path] = {}  # split -> its shard directory; no file list is kept
 
     def selections(self) -> dict[str, list[tuple[Path, int]]]:
         """The files of train/val/test, chosen as the in-memory path chooses them."""
@@ -195,7 +194,6 @@ class StreamingSplits:
     def setup(self) -> None:
         """The shard directory of every split (converted now if ``prepare`` did not run)."""
         for split, files in self.selections().items():
-            self.files[split] = files
             if files:
                 self.sets[split] = write_shards(
                     files, self.shard_dir(split, files), self.dm.shard_workers
