@@ -148,6 +148,31 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
+def open_fresh_store_at_once(uri: str, cwd: Path, n: int = 3) -> None:
+    """``n`` processes open the fresh store ``uri`` at the same moment, each with one run: all
+    of them exit cleanly and every run is FINISHED (the store's tables were created once)."""
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    code = ("import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
+            "from robust_ft.tracking import tracked_run\n"
+            "with tracked_run('fresh'): pass")  # fmt: skip
+    start = str(time.time() + 6)
+    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, cwd=cwd,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]  # fmt: skip
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [e[-1500:] for e in errs]
+    assert not any("Traceback" in e for e in errs), errs
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * n
+
+
 def release_together(procs, here: Path, ready: str, go: str = "go") -> None:
     """Touch the file ``here/go`` once every process has touched a file matching ``ready``
     (processes that wait for ``go`` after their imports then start one thing at the same instant,

@@ -12,14 +12,12 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from mlflow.tracking import MlflowClient
+from conftest import free_port, open_fresh_store_at_once
 
 pytestmark = pytest.mark.slow  # server install/start-up and MLflow's migrations: ~1-2 min
 
@@ -86,21 +84,7 @@ def mariadb():
 def test_processes_starting_at_once_on_a_fresh_mysql_store(mariadb, tmp_path):
     """Three processes open one fresh MariaDB store at the same moment: MLflow's table creation
     runs in one of them at a time (the named lock), and each one's run finishes."""
-    uri = mariadb("fresh")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_RUN_ID", None)
-    code = ("import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
-            "from robust_ft.tracking import tracked_run\n"
-            "with tracked_run('fresh'): pass")  # fmt: skip
-    start = str(time.time() + 6)
-    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for e in errs]
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
-    assert not any("Traceback" in e for e in errs), errs
+    open_fresh_store_at_once(mariadb("fresh"), tmp_path)
 
 
 def test_an_initialisation_lock_held_too_long_is_named(mariadb, monkeypatch):

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CONF, fit_then_test, free_port, synthetic_yaml
+from conftest import CONF, fit_then_test, free_port, open_fresh_store_at_once, synthetic_yaml
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
@@ -294,18 +294,7 @@ def _fresh_database(postgres, name: str) -> tuple[str, dict[str, str]]:
 
 def test_processes_starting_at_once_on_a_fresh_postgresql_store(postgres, tmp_path):
     """MLflow's table creation runs in one process at a time (a PostgreSQL advisory lock)."""
-    uri, env = _fresh_database(postgres, "fresh")
-    code = ("import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
-            "from robust_ft.tracking import tracked_run\n"
-            "with tracked_run('fresh'): pass")  # fmt: skip
-    start = str(time.time() + 6)
-    procs = [subprocess.Popen([sys.executable, "-c", code, start], env=env, cwd=tmp_path,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [e[-1500:] for e in errs]
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("fresh").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+    open_fresh_store_at_once(_fresh_database(postgres, "fresh")[0], tmp_path)
 
 
 def test_commands_standing_for_a_sweeps_parent_at_once_on_postgresql(postgres, tmp_path):
