@@ -130,48 +130,44 @@ def main(argv: list[str] | None = None) -> dict:
     # the rendered help of fit/test: cached in the environment at install time (`make setup`),
     # else rendered by the first call into the per-user cache. Measured: the first call with
     # neither (a plain pip install), the first after `make setup` (a fresh user cache), the rest.
-    with tempfile.TemporaryDirectory(prefix="robust-ft-startup-") as scratch:
-        os.environ["ROBUST_FT_CACHE_DIR"] = str(Path(scratch) / "user-cache")
-        return _measure(a, sections, codes, res, Path(scratch))
-
-
-def _measure(a, sections: set[str], codes: dict[str, Path], res: dict, scratch: Path) -> dict:
-    """The measurements of ``main``; fresh per-user help caches go under ``scratch``."""
-    if "help" in sections:
-        res["now"]["help_cold_s"] = {c: uncached_help(c) for c in ("fit", "test")}
-        res["now"]["help_after_install_s"] = {
-            c: timed([c, "--help"], REPO, {"ROBUST_FT_CACHE_DIR": str(scratch / f"fresh-{c}")})
-            for c in ("fit", "test")
-        }
-    for _ in range(a.repeats):  # interleaved: before and now see the same machine load
-        for name, code in codes.items():
-            for h in HELPS if "help" in sections else []:
-                res[name]["help_s"].setdefault(" ".join(h) or "(none)", []).append(
-                    timed([*h, "--help"], code)
-                )
-            if "fit" in sections:  # the first fit creates the store; the second finds it
-                fresh, existing = timed(FIT, code, None, [*FIT, "--seed_everything", "1"])
-                res[name]["fit_process_s"].append(fresh)
-                res[name].setdefault("fit_existing_store_s", []).append(existing)
-    if a.before:  # the worktree was only for measuring
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes["before"])],
-                       capture_output=True)  # fmt: skip
-    for name in codes:
-        res[name]["help_s"] = {k: statistics.median(v) for k, v in res[name]["help_s"].items()}
-        for key in ("fit_process_s", "fit_existing_store_s"):
-            fits = res[name].get(key)
-            res[name][key] = statistics.median(fits) if fits else None
-    if "overhead" in sections:
-        first, second = run_overheads()
-        res["now"]["run_overhead_s"] = {
-            "first_run_in_process": first,
-            "next_run_in_process": second,
-        }
-    if "sweep" in sections:
-        one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
-        res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
-    res["machine"]["loadavg_at_end"] = os.getloadavg()
-    return save(res, Path(a.out))
+    with tempfile.TemporaryDirectory(prefix="robust-ft-startup-") as d:
+        scratch = Path(d)  # the per-user help caches: one shared, one fresh per first call
+        os.environ["ROBUST_FT_CACHE_DIR"] = str(scratch / "user-cache")
+        if "help" in sections:
+            res["now"]["help_cold_s"] = {c: uncached_help(c) for c in ("fit", "test")}
+            res["now"]["help_after_install_s"] = {
+                c: timed([c, "--help"], REPO, {"ROBUST_FT_CACHE_DIR": str(scratch / f"fresh-{c}")})
+                for c in ("fit", "test")
+            }
+        for _ in range(a.repeats):  # interleaved: before and now see the same machine load
+            for name, code in codes.items():
+                for h in HELPS if "help" in sections else []:
+                    res[name]["help_s"].setdefault(" ".join(h) or "(none)", []).append(
+                        timed([*h, "--help"], code)
+                    )
+                if "fit" in sections:  # the first fit creates the store; the second finds it
+                    fresh, existing = timed(FIT, code, None, [*FIT, "--seed_everything", "1"])
+                    res[name]["fit_process_s"].append(fresh)
+                    res[name].setdefault("fit_existing_store_s", []).append(existing)
+        if a.before:  # the worktree was only for measuring
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(codes["before"])],
+                           capture_output=True)  # fmt: skip
+        for name in codes:
+            res[name]["help_s"] = {k: statistics.median(v) for k, v in res[name]["help_s"].items()}
+            for key in ("fit_process_s", "fit_existing_store_s"):
+                fits = res[name].get(key)
+                res[name][key] = statistics.median(fits) if fits else None
+        if "overhead" in sections:
+            first, second = run_overheads()
+            res["now"]["run_overhead_s"] = {
+                "first_run_in_process": first,
+                "next_run_in_process": second,
+            }
+        if "sweep" in sections:
+            one, two = timed(SWEEP, REPO), timed([*SWEEP, "--workers", "2"], REPO)
+            res["sweep_wall_s"] = {"workers_1": one, "workers_2": two, "speedup": one / two}
+        res["machine"]["loadavg_at_end"] = os.getloadavg()
+        return save(res, Path(a.out))
 
 
 if __name__ == "__main__":

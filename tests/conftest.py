@@ -148,6 +148,18 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
+def apt_install(*packages: str) -> None:
+    """``apt-get install`` the Debian packages (as root), updating the lists once if it fails."""
+    import subprocess
+
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
+
 def open_fresh_store_at_once(uri: str, cwd: Path, n: int = 3) -> None:
     """``n`` processes open the fresh store ``uri`` at the same moment, each with one run: all
     of them exit cleanly and every run is FINISHED (the store's tables were created once)."""

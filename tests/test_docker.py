@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO, apt_install, free_port
 
 DOCKER_DIR = REPO / "docker"
 IMAGE = "robust-ft:test"
@@ -77,7 +77,7 @@ def _compose_client() -> list[str] | None:
 def test_compose_config_validates():
     client = _compose_client()
     if client is None:  # a fresh machine: install the Debian package (as the docker fixture does)
-        _apt_install("docker-compose")
+        apt_install("docker-compose")
         client = _compose_client()
     assert client is not None, "docker-compose is not on PATH after apt-get install docker-compose"
     env = {**os.environ, "POSTGRES_PASSWORD": "0123abcd"}
@@ -124,14 +124,6 @@ def _run(cmd, timeout, **kw) -> subprocess.CompletedProcess:
     return r
 
 
-def _apt_install(*packages: str) -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        _run(cmd, 900, env=env)
-
-
 @pytest.fixture(scope="module")
 def docker(tmp_path_factory):
     """A docker client whose daemon runs; starts ``dockerd`` (and stops it after) if needed."""
@@ -141,7 +133,7 @@ def docker(tmp_path_factory):
              ("docker-compose", "docker-compose"))  # fmt: skip
     missing = [p for p, tool in tools if not shutil.which(tool)]
     if missing:
-        _apt_install(*missing)
+        apt_install(*missing)
     client = shutil.which("docker")
     started = None
     if subprocess.run([client, "info"], capture_output=True).returncode != 0:

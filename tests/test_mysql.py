@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, open_fresh_store_at_once
+from conftest import apt_install, free_port, open_fresh_store_at_once
 
 pytestmark = pytest.mark.slow  # server install/start-up and MLflow's migrations: ~1-2 min
 
@@ -28,11 +28,7 @@ def _ensure_mariadb() -> str:
     """The server binary: installed with apt-get when missing (as root)."""
     found = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mariadb-server"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True, check=True)
+        apt_install("mariadb-server")
         found = shutil.which("mariadbd", path="/usr/sbin:/usr/bin")
     if found is None:
         pytest.skip("no MariaDB server (apt-get install mariadb-server, as root)")

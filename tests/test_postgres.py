@@ -22,7 +22,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CONF, fit_then_test, free_port, open_fresh_store_at_once, synthetic_yaml
+from conftest import (
+    CONF,
+    apt_install,
+    fit_then_test,
+    free_port,
+    open_fresh_store_at_once,
+    synthetic_yaml,
+)
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # PostgreSQL + MLflow server start-up, 3 short trainings: ~2 min
@@ -42,11 +49,7 @@ def _pg_bin() -> Path | None:
 
 def _ensure_postgres() -> Path:
     if _pg_bin() is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(install, env=env, capture_output=True, check=True)
+        apt_install("postgresql")
     pg = _pg_bin()
     if pg is None:
         pytest.skip("no PostgreSQL (apt-get install postgresql, as root)")
