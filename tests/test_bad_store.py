@@ -246,6 +246,7 @@ TINY_SWEEP = ["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus",
 def test_a_duplicate_of_a_running_sweep_is_refused_and_writes_nothing(workdir, capsys):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
+    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
     log = open(workdir / "first.log", "w")  # noqa: SIM115 - closed below
     first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *TINY_SWEEP],
                              cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
