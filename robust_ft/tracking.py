@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,8 +319,6 @@ def resolve_checkpoint(
     if ref not in ("latest",) and not ref.startswith("runs:/") and Path(ref).exists():
         return Path(ref), None
     if ref == "latest":
-        where = "tags.method = 'pretrain' and attributes.status = 'FINISHED'"
-        where += "".join(f" and tags.{k} = '{v}'" for k, v in (match or {}).items())
         run_id, artifact = latest_pretrain(experiment, match, uri), f"{ARTIFACT_CKPT_DIR}/best.ckpt"
     elif ref.startswith("runs:/"):
         run_id, _, artifact = ref[len("runs:/") :].partition("/")
@@ -334,13 +333,25 @@ def resolve_checkpoint(
     existing_run(run_id, client(uri), missing="check the id of --model.init_from")
     out = Path(dest) / run_id
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=str(out), tracking_uri=uri
-        )
-    except (MlflowException, OSError) as e:
-        raise TrackingError(f"run {run_id} has no artifact {artifact}: {e}") from e
-    return Path(local), run_id
+    # Cells of a sweep on several workers fetch the same pre-train at once: each downloads into
+    # its own directory and moves the file into place (os.replace is atomic), so no reader ever
+    # opens a file that another process is still writing.
+    with tempfile.TemporaryDirectory(dir=out, prefix=".fetch-") as scratch:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=scratch, tracking_uri=uri
+            ))  # fmt: skip
+        except (MlflowException, OSError) as e:
+            raise TrackingError(f"run {run_id} has no artifact {artifact}: {e}") from e
+        if not local.is_file():
+            raise TrackingError(
+                f"artifact {artifact} of run {run_id} is a directory, not a checkpoint file; "
+                f"name the file, e.g. runs:/{run_id}/{ARTIFACT_CKPT_DIR}/best.ckpt"
+            )
+        final = out / local.resolve().relative_to(Path(scratch).resolve())
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, final)
+    return final, run_id
 
 
 def latest_pretrain(experiment: str, match: Mapping[str, str] | None, uri: str) -> str:

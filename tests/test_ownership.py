@@ -203,3 +203,55 @@ def test_two_processes_logging_one_dataset_at_once_both_record_it(workdir):
     runs = client.search_runs([exp])
     assert len(runs) == 30
     assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
+
+
+# One process fetches the checkpoint again and again (as each cell of a sweep does); the other
+# loads the fetched file again and again until the fetcher is done.
+FETCHER = """
+import os, sys, time
+from pathlib import Path
+from robust_ft.checkpoints import read_state_dict
+from robust_ft.tracking import resolve_checkpoint
+run, role = sys.argv[1], sys.argv[2]
+path, _ = resolve_checkpoint(run, "unused", "init")
+Path(f"ready-{os.getpid()}").touch()
+while not Path("go").exists():
+    time.sleep(0.001)
+loads = 0
+if role == "fetch":
+    for _ in range(30):
+        resolve_checkpoint(run, "unused", "init")
+    Path("fetched").touch()
+while role == "load" and not Path("fetched").exists():
+    assert len(read_state_dict(path)) == 8, path
+    loads += 1
+print(role, "done", loads > 0 or role == "fetch", flush=True)
+"""
+
+
+def test_a_checkpoint_fetched_again_is_never_read_half_written(workdir):
+    """Cells of a sweep on several workers fetch the same pre-train checkpoint into one place
+    (CI once loaded a half-written copy). While one process fetches it again and again, another
+    loads the fetched file again and again: every load sees a whole checkpoint."""
+    import torch
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("fetch")).info.run_id
+    ckpt = workdir / "best.ckpt"  # ~32 MB, so that a copy takes a while
+    torch.save({"state_dict": {f"w{i}": torch.randn(1024, 1024) for i in range(8)}}, ckpt)
+    client.log_artifact(run, str(ckpt), "checkpoints")
+    cmds = [[sys.executable, "-c", FETCHER, run, role] for role in ("fetch", "load")]
+    results = _at_once(cmds, _env(uri), workdir, barrier=True)
+    assert [r.stdout.strip() for r in results] == ["fetch done True", "load done True"], [
+        r.stderr[-1500:] for r in results
+    ]
+    fetched = [
+        p.relative_to(workdir / "init") for p in (workdir / "init").rglob("*") if p.is_file()
+    ]
+    assert fetched == [Path(run, "best.ckpt")]  # the one file; no scratch copy is left behind
+    from robust_ft.tracking import TrackingError, resolve_checkpoint
+
+    with pytest.raises(TrackingError, match="is a directory, not a checkpoint file; name the file"):
+        resolve_checkpoint(f"runs:/{run}/checkpoints", "unused", workdir / "init")
+    assert len(list((workdir / "init").rglob("*"))) == 2  # still the run's folder and its file
