@@ -200,12 +200,13 @@ def _mid_cell(client) -> bool:
 def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    client = MlflowClient(uri)
+    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
     log = open(workdir / "sweep.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "robust_ft", "sweep", *TINY],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    client = MlflowClient(uri)
     deadline = time.time() + 900
     try:
         while True:  # kill it in the middle of a cell, after two cells finished
@@ -286,9 +287,10 @@ def test_a_second_machines_command_joins_the_running_sweep(workdir, caplog):
            "PYTHONPATH": f"{tests}:{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
     args = [*TINY, "--synthetic-size", "640,64", "--storage", f"sqlite:///{workdir / 'q.db'}",
             *SLOW]  # fmt: skip
+    client = MlflowClient()
+    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
     first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *args], cwd=workdir,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    client = MlflowClient()
     deadline = time.time() + 600
     while not any(r.info.status == "RUNNING" for r in _children(client)):
         assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
@@ -316,8 +318,9 @@ def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     cmd = [sys.executable, "-m", "robust_ft", "sweep", *TINY[:-2], "--name", "killed-worker",
            "--workers", "2", "--heartbeat", "2", "--synthetic-size", "640,64",
            *SLOW]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     client = MlflowClient()
+    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline, victim = time.time() + 600, None
     while victim is None and time.time() < deadline and proc.poll() is None:
         runs = [r for r in _children(client) if r.info.status == "RUNNING"]
