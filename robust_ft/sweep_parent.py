@@ -53,7 +53,7 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     ``sweep_role=parent``; the others withdraw before anything else is written (a new run is
     deleted, `mlflow run`'s loses the sweep's tags) and wait for it.
     """
-    from mlflow.entities import RunTag
+    from mlflow.entities import Param, RunTag
 
     from robust_ft.ownership import elect, owner_alive, process_tags
     from robust_ft.tracking import experiment_id
@@ -71,7 +71,9 @@ def new_parent(client, sw: Sweep, args: dict[str, Any]) -> str:
     runs = candidates(client, sw, exp_id)
     settled = any(r.data.tags.get("sweep_role") == "parent" for r in runs)
     if not settled and elect(client, mine, runs):
-        client.set_tag(mine, "sweep_role", "parent")
+        # the role and the sweep's params in one write: whoever finds the parent reads its params
+        params = [Param(k, v) for k, v in (args["params"] or {}).items()]
+        client.log_batch(mine, params=params, tags=[RunTag("sweep_role", "parent")])
         return mine
     if own:  # back to the run `mlflow run` made, which then points at the parent
         for key in tags.keys() - process_tags().keys():

@@ -394,6 +394,19 @@ def _parents(client, key: str, deleted: bool = False) -> list:
     return client.search_runs([exp.experiment_id], f"tags.sweep_key = '{key}'", run_view_type=view)
 
 
+def test_a_new_parent_is_never_seen_without_its_params(workdir):
+    """The moment a run becomes a sweep's parent (``sweep_role=parent``) it already holds the
+    sweep's ``sweep.*`` params: a reader in between (another command of the sweep, ``report``)
+    never finds a parent without them."""
+    sw = parse_args(RACE)[0]
+    client = MlflowClient()
+    args = sweep_parent.parent_run_args(client, sw)
+    run_id = sweep_parent.new_parent(client, sw, args)
+    run = sweep_parent.find_parent(client, sw)
+    assert run is not None and run.info.run_id == run_id
+    assert args["params"].items() <= run.data.params.items() and "sweep.grid.kinds" in run.data.params
+
+
 def elect_at_once(cwd, env: dict, n: int, rounds: int) -> list[dict[str, str]]:
     """``n`` ELECTOR processes released together for each of ``rounds`` new sweeps; per process,
     the parent run it named in each round."""
