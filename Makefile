@@ -14,7 +14,7 @@ DATA_DIR ?= data
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 
-.PHONY: setup data demo test test-fast lint format bench bench-setup bench-gpu sweep report tune clean \
+.PHONY: setup data demo test test-fast lint format bench bench-setup bench-gpu sweep report tune clean wheel \
 	bench-routing estimator-table
 
 $(BIN)/.installed: pyproject.toml
@@ -22,7 +22,8 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e '.[dev]'
+# setuptools warns on every editable install that a folder named like the package may shadow it
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/python -m robust_ft.helpcache  # `robust-ft fit --help` without importing Lightning
 	touch $@
 
@@ -69,7 +70,7 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 bench-setup: $(BIN)/.bench-installed
 
 # Side-by-side throughput ratios, measured in one run; results in benchmarks/results/.
-bench: bench-setup
+bench: bench-setup wheel  # the wheel: startup.py times the help of a wheel install
 	$(BIN)/python benchmarks/distortions.py --out benchmarks/results/distortions.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/demo_time.py --out benchmarks/results/demo.json
@@ -104,8 +105,18 @@ estimator-table: setup data
 bench-gpu: $(BIN)/.installed  # on a machine with a CUDA GPU (README: Performance, on a GPU)
 	$(BIN)/python benchmarks/gpu.py --out benchmarks/results/gpu.json
 
+# A wheel that carries its rendered `fit/validate/test --help`: installed with the versions it was
+# built against (pip install dist/robust_ft-*.whl -c dist/constraints.txt), the first --help
+# answers without importing Lightning; other versions render it once.
+wheel: setup
+	rm -rf dist build robust_ft/help_texts
+	$(BIN)/python -m robust_ft.helpcache --package --constraints dist/constraints.txt
+	$(BIN)/pip wheel -q --no-deps -w dist .
+	rm -rf build robust_ft/help_texts
+	@ls dist
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache dist build
 
 # ---------------------------------------------------------------- Docker (docs/scale-out.md)
 IMAGE ?= robust-ft:latest

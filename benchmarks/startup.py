@@ -5,8 +5,9 @@ Usage: python benchmarks/startup.py [--out benchmarks/results/startup.json] [--b
 
 Side by side in one run (pairs interleaved, medians), each in a fresh temporary MLflow store:
 - ``--help`` of every command: wall time of the whole process (fit/test: with the rendered help
-  cached; the first call after ``make setup``, which cached it in the environment; and the first
-  call with no rendered help anywhere, which renders it);
+  cached; the first call after ``make setup``, which cached it in the environment; the first
+  call from a plain install of ``make wheel``'s wheel, which ships it; and the first call with
+  no rendered help anywhere, which renders it);
 - a trivial ``fit`` (100 synthetic 28x28 images, 1 epoch): wall time of the whole process, on a
   fresh MLflow store (which the fit creates) and on the store an earlier fit made;
 - in one process, two such fits through ``runner.run``: wall time minus the time inside the
@@ -68,6 +69,21 @@ def uncached_help(command: str) -> float:
     with tempfile.TemporaryDirectory() as d:
         env = {"ROBUST_FT_CACHE_DIR": d, "ROBUST_FT_HELP_DIR": str(Path(d) / "install")}
         return timed([command, "--help"], REPO, env)
+
+
+def wheel_help(scratch: Path) -> dict[str, float] | None:
+    """Wall seconds of the first ``fit/test --help`` from a plain ``pip install --no-deps`` of
+    ``make wheel``'s wheel (no install-time step, empty user cache): its shipped texts."""
+    wheels = sorted((REPO / "dist").glob("robust_ft-*.whl"))
+    if not wheels:
+        print("no dist/robust_ft-*.whl: run `make wheel` to measure the help of a wheel install")
+        return None
+    site = scratch / "wheel-site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(site), str(wheels[-1])], check=True)  # fmt: skip
+    empty = {"ROBUST_FT_CACHE_DIR": str(scratch / "wheel-user"),
+             "ROBUST_FT_HELP_DIR": str(scratch / "wheel-install")}  # fmt: skip
+    return {c: timed([c, "--help"], site, empty) for c in ("fit", "test")}
 
 
 def worktree(rev: str) -> Path:
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
                 c: timed([c, "--help"], REPO, {"ROBUST_FT_CACHE_DIR": str(scratch / f"fresh-{c}")})
                 for c in ("fit", "test")
             }
+            res["now"]["help_from_wheel_s"] = wheel_help(scratch)
         for _ in range(a.repeats):  # interleaved: before and now see the same machine load
             for name, code in codes.items():
                 for h in HELPS if "help" in sections else []:

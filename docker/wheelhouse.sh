@@ -21,7 +21,7 @@ print('\n'.join(d['project']['dependencies']))" "$ROOT/pyproject.toml" >"$WORK/r
 # shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
 "$PYTHON" -m pip install -qq --dry-run --ignore-installed --only-binary :all: \
     --report "$WORK/report.json" $TORCH_SPEC -r "$WORK/requirements.txt" "$EXTRA_PIP" \
-    pip "setuptools>=68" wheel
+    pip "setuptools>=77" wheel
 "$PYTHON" - "$WORK/report.json" "$DIR" >"$WORK/remote.txt" <<'PY'
 import json, os, sys
 from pathlib import Path

@@ -5,8 +5,11 @@ rendering it imports Lightning and torch (~4-6 s on 2 cores). The text only chan
 those changes: it is rendered at a fixed width (``COLUMNS``, 80) and kept per (command, versions of
 robust-ft, Lightning, jsonargparse and torch, digest of robust-ft's own source files).
 
-Two places hold it:
+Three places hold it, read in this order:
 
+- the package's own ``robust_ft/help_texts``, filled when a wheel is built (``make wheel``): a
+  plain ``pip install`` of that wheel with the versions it was built against
+  (``dist/constraints.txt``) answers the first ``--help`` without a render;
 - the environment's own ``<sys.prefix>/share/robust-ft/help`` (``$ROBUST_FT_HELP_DIR`` moves
   it), filled at install time by ``python -m robust_ft.helpcache`` (``make setup`` and the Docker
   image run it), so the first ``--help`` after an install is as fast as the next;
@@ -45,6 +48,7 @@ def help_key(command: str) -> str:
 
 
 HELP_DIR_ENV = "ROBUST_FT_HELP_DIR"
+PACKAGED = Path(__file__).resolve().parent / "help_texts"  # in the wheel only (`make wheel`)
 
 
 def install_dir() -> Path:
@@ -95,7 +99,7 @@ def _write(path: Path, text: str) -> bool:
 def cached_help(command: str) -> str:
     """The help text of a Lightning command, rendered once per key."""
     name = f"{command}-{help_key(command)}.txt"
-    for place in (install_dir(), cache_dir() / "help"):
+    for place in (PACKAGED, install_dir(), cache_dir() / "help"):
         with contextlib.suppress(OSError):
             return (place / name).read_text()
     text = render(command)
@@ -103,19 +107,39 @@ def cached_help(command: str) -> str:
     return text
 
 
-def main() -> None:
-    """Render every Lightning command's help into the environment (run once per install)."""
+def constraints() -> str:
+    """The versions the help texts are keyed by, as a pip constraints file."""
+    from importlib.metadata import version
+
+    return "".join(f"{pkg}=={version(pkg)}\n" for pkg in PACKAGES if pkg != "robust-ft")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Render every Lightning command's help into the environment (run once per install), or
+    with ``--package``, into the package itself before a wheel is built."""
+    import argparse
+
     from robust_ft.cli import LIGHTNING_COMMANDS
 
+    parser = argparse.ArgumentParser(prog="python -m robust_ft.helpcache", description=main.__doc__)
+    parser.add_argument("--package", action="store_true",
+                        help=f"write into {PACKAGED} (the wheel's copy; `make wheel`)")  # fmt: skip
+    parser.add_argument("--constraints", metavar="FILE",
+                        help="also write the versions the texts are keyed by (pip -c FILE)")  # fmt: skip
+    a = parser.parse_args(argv)
+    place = PACKAGED if a.package else install_dir()
     for command in LIGHTNING_COMMANDS:
-        path = install_dir() / f"{command}-{help_key(command)}.txt"
+        path = place / f"{command}-{help_key(command)}.txt"
         if not path.exists() and not _write(path, render(command)):
             print(f"robust-ft: cannot write {path.parent}; --help renders on first use")
             return
-        for old in path.parent.glob(f"{command}-*.txt"):  # this environment's older renders
+        for old in path.parent.glob(f"{command}-*.txt"):  # this place's older renders
             if old != path:
                 old.unlink(missing_ok=True)
-    print(f"robust-ft: help texts for {', '.join(LIGHTNING_COMMANDS)} cached in {install_dir()}")
+    if a.constraints:
+        Path(a.constraints).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.constraints).write_text(constraints())
+    print(f"robust-ft: help texts for {', '.join(LIGHTNING_COMMANDS)} cached in {place}")
 
 
 if __name__ == "__main__":

@@ -249,6 +249,58 @@ def test_help_cached_at_install_time_answers_the_first_help(tmp_path):
     assert not (tmp_path / "user" / "help").exists()  # nothing rendered, nothing written
 
 
+@pytest.mark.slow  # renders three helps and builds a wheel: ~40 s
+def test_a_wheel_from_make_wheel_answers_the_first_help_from_its_own_texts(tmp_path):
+    """``make wheel`` ships the rendered helps inside the package: a plain install of it, with
+    the versions of ``dist/constraints.txt`` and no install-time step, answers the first
+    ``fit --help`` without importing Lightning. A changed source file is a changed key, so a
+    stale text is never shown: that install renders instead."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: the build writes into the package and dist/
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for f in files:
+        if (REPO / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
+    venv = Path(sys.executable).parent.parent
+    r = subprocess.run(["make", "-o", f"{venv}/bin/.installed", "wheel", f"VENV={venv}"], cwd=src,
+                       env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert not (src / "robust_ft" / "help_texts").exists()  # the source tree is left as it was
+    (wheel,) = (src / "dist").glob("robust_ft-*.whl")
+    texts = [n for n in zipfile.ZipFile(wheel).namelist() if "/help_texts/" in n]
+    assert sorted(Path(n).name.split("-")[0] for n in texts) == ["fit", "test", "validate"]
+    from importlib.metadata import version
+
+    pins = (src / "dist" / "constraints.txt").read_text().split()
+    assert f"lightning=={version('lightning')}" in pins and f"torch=={version('torch')}" in pins
+
+    site = tmp_path / "site"  # a plain pip install of the wheel (the dependencies are this venv's)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(site), str(wheel)], check=True)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(site), "ROBUST_FT_CACHE_DIR": str(tmp_path / "user"),
+           "ROBUST_FT_HELP_DIR": str(tmp_path / "install")}  # fmt: skip
+    probe = _help_probe("assert robust_ft.__file__.startswith(sys.argv[1]), robust_ft.__file__; "
+                        "print('lightning' in sys.modules)")  # fmt: skip
+    probe = "import robust_ft; " + probe
+    first = subprocess.run([sys.executable, "-c", probe, str(site)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "--model.first_n" in first.stdout and first.stdout.endswith("False\n")
+    assert not (tmp_path / "user" / "help").exists()  # nothing rendered, nothing written
+
+    with open(site / "robust_ft" / "cli.py", "a") as f:  # a patched install: its key changes
+        f.write("# patched\n")
+    patched = subprocess.run([sys.executable, "-c", probe, str(site)], env=env, cwd=tmp_path,
+                             capture_output=True, text=True)  # fmt: skip
+    assert patched.returncode == 0, patched.stderr[-2000:]
+    assert patched.stdout.endswith("True\n")  # rendered, not read from the shipped text
+    assert patched.stdout == first.stdout.replace("False\n", "True\n")
+
+
 @pytest.mark.slow
 def test_mlflow_run_chain_with_an_experiment_name(workdir):
     """pretrain -> finetune (init_from=latest) -> evaluate under ``--experiment-name``: each one
