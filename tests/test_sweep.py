@@ -404,7 +404,9 @@ def test_a_new_parent_is_never_seen_without_its_params(workdir):
     run_id = sweep_parent.new_parent(client, sw, args)
     run = sweep_parent.find_parent(client, sw)
     assert run is not None and run.info.run_id == run_id
-    assert args["params"].items() <= run.data.params.items() and "sweep.grid.kinds" in run.data.params
+    assert (
+        args["params"].items() <= run.data.params.items() and "sweep.grid.kinds" in run.data.params
+    )
 
 
 def elect_at_once(cwd, env: dict, n: int, rounds: int) -> list[dict[str, str]]:
