@@ -5,6 +5,8 @@ On generated JPEG ImageFolders of N and 10N images, each measured in a fresh pro
 2. two epochs of decode and per-image distortion draws (a DataLoader worker) + combined U(0,4)
    distortion applied per batch + LeNet-5 forward: first- and later-epoch images/s, and the peak RSS of the
    main process and of the worker (ratio 10N / N: the bound);
+   the set-up's peak Python allocations once the shards exist (tracemalloc; per image: the
+   slope between N and 10N);
 3. per-image costs of the ImageNet protocol at 224x224x3 on this CPU (decode+resize+crop of a
    JPEG, the seeded combined distortion, AlexNet forward), used by the README's Table 1 estimate.
 
@@ -54,7 +56,7 @@ def _dm(root: str, cache: str, workers: int = 1):
 def child_convert(root: str, cache: str) -> dict:
     """Shard conversion of the train split: images/s."""
     dm = _dm(root, cache)
-    files = dm.streaming.selections()["train"]
+    files, _ = dm.streaming.selections()["train"]
     start = time.perf_counter()
     dm.prepare_data()
     seconds = time.perf_counter() - start
@@ -85,6 +87,20 @@ def child_read(root: str, cache: str, epochs: int) -> dict:
         rates.append(n / (time.perf_counter() - start))
     return {"epoch_img_s": rates, "peak_rss_main_mb": _own_peak_mb(),
             "peak_rss_worker_mb": _peak_mb(resource.RUSAGE_CHILDREN)}  # fmt: skip
+
+
+def child_setup_peak(root: str, cache: str) -> dict:
+    """Peak Python allocations (tracemalloc) of the main process's set-up once the shards exist:
+    listing the splits, their digests and selection keys, finding the shards."""
+    import tracemalloc
+
+    dm = _dm(root, cache)
+    tracemalloc.start()
+    dm.prepare_data()
+    dm.setup()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"setup_peak_traced_mb": peak / 2**20}
 
 
 def child_cost224(root: str) -> dict:
@@ -148,7 +164,8 @@ def main() -> None:
     a = p.parse_args()
     if a.child:
         kind, *rest = a.child
-        fn = {"convert": child_convert, "read": child_read, "cost224": child_cost224}[kind]
+        fn = {"convert": child_convert, "read": child_read, "setup_peak": child_setup_peak,
+              "cost224": child_cost224}[kind]  # fmt: skip
         args = [int(r) if r.isdigit() else r for r in rest]
         print(json.dumps(fn(*args)))
         return
@@ -159,6 +176,7 @@ def main() -> None:
             root, cache = _folder(base, n, a.px), base / f"cache{n}"
             row = {"n": n, "px": a.px, **_run_child("convert", str(root), str(cache))}
             row.update(_run_child("read", str(root), str(cache), str(a.epochs)))
+            row.update(_run_child("setup_peak", str(root), str(cache)))
             rows.append(row)
             print(json.dumps(row), flush=True)
         from robust_ft.data.make_folder import make_folder
@@ -172,6 +190,9 @@ def main() -> None:
         "rows": rows,
         "rss_ratio_main": large["peak_rss_main_mb"] / small["peak_rss_main_mb"],
         "rss_ratio_worker": large["peak_rss_worker_mb"] / small["peak_rss_worker_mb"],
+        "setup_peak_bytes_per_image": 2**20
+        * (large["setup_peak_traced_mb"] - small["setup_peak_traced_mb"])
+        / (large["images"] - small["images"]),
         "per_image_224": cost,
         "total_s": time.time() - t0,
         "load_average_at_end": os.getloadavg(),

@@ -135,12 +135,15 @@ def _locked(path: Path):
         lock.release()
 
 
-def split_digest(root: Path, split: str, classes: list[str]) -> str:
+def split_digest(
+    root: Path, split: str, classes: list[str], files: list[tuple[Path, int]] | None = None
+) -> str:
     """``content_digest`` of a split, hashed once per machine while no file changes (stat):
-    kept in ``cache_dir()/digests``; concurrent processes wait on a file lock for one hash."""
+    kept in ``cache_dir()/digests``; concurrent processes wait on a file lock for one hash.
+    ``files``: the split's ``list_files`` listing when the caller has it already."""
     from robust_ft.data.cache import CacheNotWritableError, write_text
 
-    files = list_files(root, split, classes)
+    files = list_files(root, split, classes) if files is None else files
     if not files:
         raise DatasetNotFoundError(f"no images found under {split_dir(root, split)}")
     key = stat_key(Path(root), split, files)
@@ -364,13 +367,12 @@ class ImageFolderDataModule(DistortedDataModule):
         Keyed by the split's file selection, so ``digest`` (of the pixels) is not needed."""
         from robust_ft.data.cache import cache_path, load_or_create
         from robust_ft.data.datamodules import _is_identity
-        from robust_ft.data.streaming import StreamingSplits, distort_seeded_array, selection_key
+        from robust_ft.data.streaming import StreamingSplits, distort_seeded_array
 
         if _is_identity(kind, level):
             return images
         if split not in self._selection_keys:  # one file listing per split, not per test set
-            files = StreamingSplits(self).selections()[split]
-            self._selection_keys[split] = selection_key(self, split, files)
+            self._selection_keys[split] = StreamingSplits(self).selections()[split][1]
         key = self._selection_keys[split]
         path = cache_path(
             self.cache_dir,

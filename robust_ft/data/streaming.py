@@ -126,15 +126,11 @@ def sample_seeds(
     ]
 
 
-def selection_key(dm, split: str, files) -> str:
+def selection_key(source_digest: str, root: Path, files) -> str:
     """The identity of a split's selection: its source split's digest and the chosen files, in
     order (the first part of every image's distortion seed)."""
-    from robust_ft.data.imagefolder import split_digest
-
-    source = "test" if split == "test" else "train"
-    digest = split_digest(dm.root, source, dm.classes)
-    rel = [str(f.relative_to(dm.root)) for f, _ in files]
-    return hashlib.sha256((digest + json.dumps(rel)).encode()).hexdigest()[:16]
+    rel = [str(f.relative_to(root)) for f, _ in files]
+    return hashlib.sha256((source_digest + json.dumps(rel)).encode()).hexdigest()[:16]
 
 
 def distort_seeded_array(
@@ -161,42 +157,49 @@ class StreamingSplits:
         self.dm = dm
         self.sets: dict[str, Path] = {}  # split -> its shard directory; no file list is kept
 
-    def selections(self) -> dict[str, list[tuple[Path, int]]]:
-        """The files of train/val/test, chosen as the in-memory path chooses them."""
+    def selections(self) -> dict[str, tuple[list[tuple[Path, int]], str]]:
+        """The files of train/val/test, chosen as the in-memory path chooses them, each with its
+        selection key. A source split is listed once: its digest reuses that listing, which is
+        freed before the next one (the set-up's peak memory is one split's listing)."""
+        from robust_ft.data.imagefolder import split_digest
+
         dm = self.dm
         train = dm.files("train")
+        digest = split_digest(dm.root, "train", dm.classes, train) if train else ""
         idx = dm._indices(len(train))
         out = {s: [train[i] for i in idx[s]] for s in ("train", "val")}
-        test = dm.files("test")
-        if dm.test_subset is not None:
-            perm = np.random.default_rng(dm.seed + 1).permutation(len(test))
-            test = [test[i] for i in np.sort(perm[: dm.test_subset])]
-        out["test"] = test
         if not out["train"]:
             raise ValueError(
                 f"no training images left in {dm.root}/train ({len(train)} files) after holding "
                 f"out val_split={dm.val_split} for validation; lower --data.init_args.val_split"
             )
-        return out
+        del train
+        keyed = {s: (f, selection_key(digest, dm.root, f)) for s, f in out.items()}
+        test = dm.files("test")
+        digest = split_digest(dm.root, "test", dm.classes, test) if test else ""
+        if dm.test_subset is not None:
+            perm = np.random.default_rng(dm.seed + 1).permutation(len(test))
+            test = [test[i] for i in np.sort(perm[: dm.test_subset])]
+        keyed["test"] = (test, selection_key(digest, dm.root, test))
+        return keyed
 
-    def shard_dir(self, split: str, files) -> Path:
+    def shard_dir(self, split: str, key: str) -> Path:
         dm = self.dm
-        key = selection_key(dm, split, files)
         dm.split_digests[split] = key
         return dm.cache_dir / "streaming" / f"{dm.dataset_name}-{split}-{key}"
 
     def prepare(self) -> None:
         """Convert every split to shards once (rank 0; a no-op when they exist)."""
-        for split, files in self.selections().items():
+        for split, (files, key) in self.selections().items():
             if files:
-                write_shards(files, self.shard_dir(split, files), self.dm.shard_workers)
+                write_shards(files, self.shard_dir(split, key), self.dm.shard_workers)
 
     def setup(self) -> None:
         """The shard directory of every split (converted now if ``prepare`` did not run)."""
-        for split, files in self.selections().items():
+        for split, (files, key) in self.selections().items():
             if files:
                 self.sets[split] = write_shards(
-                    files, self.shard_dir(split, files), self.dm.shard_workers
+                    files, self.shard_dir(split, key), self.dm.shard_workers
                 )
 
     def loader(self, split: str, set_index: int = 0):
