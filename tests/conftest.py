@@ -148,12 +148,13 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
-def apt_install(*packages: str) -> None:
+def apt_install(*packages: str, recommends: bool = False) -> None:
     """``apt-get install`` the Debian packages (as root), updating the lists once if it fails."""
     import subprocess
 
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    cmd = ["apt-get", "install", "-y", "-q", *packages]
+    cmd += [] if recommends else ["--no-install-recommends"]
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
