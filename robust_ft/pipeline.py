@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("robust_ft")
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # package data; the repo's conf/ links here
 
 
 def base_config(model: str, dataset: str) -> Path:

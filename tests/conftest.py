@@ -148,6 +148,25 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
+def copy_checkout(dest: Path) -> Path:
+    """A copy of the repository's tracked and new files (no outputs, no .venv) at ``dest``;
+    symbolic links stay links (``conf`` links to the package's configs)."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for f in files:
+        src, out = REPO / f, dest / f
+        if src.is_symlink() or src.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            out.symlink_to(os.readlink(src))
+        elif src.is_file():
+            shutil.copy2(src, out)
+    return dest
+
+
 def apt_install(*packages: str, recommends: bool = False) -> None:
     """``apt-get install`` the Debian packages (as root), updating the lists once if it fails."""
     import subprocess

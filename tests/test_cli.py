@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, run_cli, synthetic_args
+from conftest import CONF, REPO, copy_checkout, run_cli, synthetic_args
 from mlflow.tracking import MlflowClient
 
 from robust_ft.checkpoints import read_state_dict
@@ -255,16 +255,9 @@ def test_a_wheel_from_make_wheel_answers_the_first_help_from_its_own_texts(tmp_p
     the versions of ``dist/constraints.txt`` and no install-time step, answers the first
     ``fit --help`` without importing Lightning. A changed source file is a changed key, so a
     stale text is never shown: that install renders instead."""
-    import shutil
     import zipfile
 
-    src = tmp_path / "src"  # a copy: the build writes into the package and dist/
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    for f in files:
-        if (REPO / f).is_file():
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, src / f)
+    src = copy_checkout(tmp_path / "src")  # a copy: the build writes into the package, dist/
     venv = Path(sys.executable).parent.parent
     r = subprocess.run(["make", "-o", f"{venv}/bin/.installed", "wheel", f"VENV={venv}"], cwd=src,
                        env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True)  # fmt: skip

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import copy_checkout
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -163,15 +163,7 @@ def checkouts(tmp_path_factory):
 
     def get(doc: str) -> Path:
         if doc not in made:
-            dest = tmp_path_factory.mktemp(re.sub(r"\W", "_", doc))
-            files = subprocess.run(
-                ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                cwd=REPO, capture_output=True, text=True, check=True,
-            ).stdout.split()  # fmt: skip
-            for f in files:
-                if (REPO / f).is_file():
-                    (dest / f).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(REPO / f, dest / f)
+            dest = copy_checkout(tmp_path_factory.mktemp(re.sub(r"\W", "_", doc)))
             (dest / ".venv").symlink_to(VENV_BIN.parent)  # what `make demo` set up
             if (REPO / "data").is_dir():  # the data a fresh machine's `make data` fetched
                 (dest / "data").symlink_to(REPO / "data")
