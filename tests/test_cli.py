@@ -266,6 +266,8 @@ def test_a_wheel_from_make_wheel_answers_the_first_help_from_its_own_texts(tmp_p
     (wheel,) = (src / "dist").glob("robust_ft-*.whl")
     texts = [n for n in zipfile.ZipFile(wheel).namelist() if "/help_texts/" in n]
     assert sorted(Path(n).name.split("-")[0] for n in texts) == ["fit", "test", "validate"]
+    shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if "/conf/" in n}
+    assert shipped == {p.name for p in CONF.glob("*.yaml")}  # the configs are package data
     from importlib.metadata import version
 
     pins = (src / "dist" / "constraints.txt").read_text().split()
@@ -284,6 +286,10 @@ def test_a_wheel_from_make_wheel_answers_the_first_help_from_its_own_texts(tmp_p
     assert first.returncode == 0, first.stderr[-2000:]
     assert "--model.first_n" in first.stdout and first.stdout.endswith("False\n")
     assert not (tmp_path / "user" / "help").exists()  # nothing rendered, nothing written
+    where = "from robust_ft.pipeline import base_config; print(base_config('lenet5', 'mnist'))"
+    conf = subprocess.run([sys.executable, "-c", where], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)  # fmt: skip  # no conf/ in the cwd
+    assert conf.stdout.strip() == str(site / "robust_ft" / "conf" / "lenet5_mnist.yaml"), conf
 
     with open(site / "robust_ft" / "cli.py", "a") as f:  # a patched install: its key changes
         f.write("# patched\n")
