@@ -159,8 +159,8 @@ class StreamingSplits:
 
     def selections(self) -> dict[str, tuple[list[tuple[Path, int]], str]]:
         """The files of train/val/test, chosen as the in-memory path chooses them, each with its
-        selection key. A source split is listed once: its digest reuses that listing, which is
-        freed before the next one (the set-up's peak memory is one split's listing)."""
+        selection key. A source split is listed once: its digest reuses that listing, and the
+        train listing is dropped (its selections kept) before the test split is listed."""
         from robust_ft.data.imagefolder import split_digest
 
         dm = self.dm
