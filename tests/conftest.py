@@ -158,11 +158,12 @@ def copy_checkout(dest: Path) -> Path:
                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
     for f in files:
         src, out = REPO / f, dest / f
-        if src.is_symlink() or src.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
+        if not (src.is_symlink() or src.is_file()):
+            continue  # deleted in the work tree, still in the index
+        out.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
             out.symlink_to(os.readlink(src))
-        elif src.is_file():
+        else:
             shutil.copy2(src, out)
     return dest
 
