@@ -148,6 +148,19 @@ def fit_then_test(args: list[str], cwd, env: dict, timeout: float = 600) -> str:
     return out
 
 
+def store_client(uri: str | None = None):
+    """A plain ``MlflowClient`` of ``uri`` (default: the environment's) whose store's tables exist.
+
+    Made here, before a test starts a robust-ft command on a fresh store: a plain client takes
+    no initialisation lock, so creating the tables at the same moment as the command could clash.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.search_experiments()
+    return client
+
+
 def copy_checkout(dest: Path) -> Path:
     """A copy of the repository's tracked and new files (no outputs, no .venv) at ``dest``;
     symbolic links stay links (``conf`` links to the package's configs)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import CONF, synthetic_args
+from conftest import CONF, store_client, synthetic_args
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -245,8 +245,7 @@ TINY_SWEEP = ["--synthetic", "--synthetic-size", "128,64", "--kinds", "defocus",
 @pytest.mark.slow  # a sweep in another process must get going first: ~30-60 s
 def test_a_duplicate_of_a_running_sweep_is_refused_and_writes_nothing(workdir, capsys):
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    client = MlflowClient(uri)
-    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
+    client = store_client(uri)
     log = open(workdir / "first.log", "w")  # noqa: SIM115 - closed below
     first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *TINY_SWEEP],
                              cwd=workdir, stdout=log, stderr=subprocess.STDOUT,

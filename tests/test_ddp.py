@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, free_port, synthetic_args
+from conftest import CONF, free_port, store_client, synthetic_args
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow  # ~1-2 min: five Python processes start up, on 2 cores
@@ -61,7 +61,7 @@ def _env(workdir: Path, **extra: str) -> dict[str, str]:
 
 def _start(workdir: Path, cmd: list[str], **env: str) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
-    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()  # tables made once
+    store_client(f"sqlite:///{workdir / 'mlflow.db'}")
     log = open(workdir / f"stderr-{env.get('NODE_RANK', 'x')}.log", "w")  # noqa: SIM115
     return subprocess.Popen(
         cmd,

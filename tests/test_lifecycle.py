@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONF, SYNTH
+from conftest import CONF, SYNTH, store_client
 from mlflow.tracking import MlflowClient
 
 from robust_ft.overrides import nested, user_keys
@@ -197,10 +197,7 @@ def test_sigint_inside_a_tune_trial_marks_trial_and_study_parent_killed(workdir)
 
 def _interrupt_mid_run_and_check_killed(cmd: list[str], env: dict, runs_filter: str) -> None:
     """Start ``cmd``, Ctrl-C it while a nested run trains: that run and its parent end KILLED."""
-    client = MlflowClient()
-    # the fresh store's tables are made here, before the command starts: this plain client takes
-    # no initialisation lock, so creating them at the same moment as the command could clash
-    client.search_experiments()
+    client = store_client()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, child = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None and child is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, run_cli
+from conftest import CONF, run_cli, store_client
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlflow.tracking import MlflowClient
@@ -161,7 +161,7 @@ def test_ddp_two_processes_stream_shards(workdir):
     root = make_folder(workdir / "shapes", train_per_class=20, val_per_class=10)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
-    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+    store_client(env["MLFLOW_TRACKING_URI"])
     cmd = [sys.executable, "-m", "robust_ft", "fit", "--config", str(LENET),
            "--data.init_args.root", str(root), "--data.init_args.stream", "true",
            "--data.init_args.batch_size", "10", "--trainer.max_epochs", "2",
@@ -193,7 +193,7 @@ def test_ddp_ranks_read_disjoint_samples(workdir):
     record = workdir / "record"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
-    MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+    store_client(env["MLFLOW_TRACKING_URI"])
     cmd = [sys.executable, str(RECORDING), "fit", *_recording(root, record),
            "--data.init_args.val_split", "13", "--data.init_args.batch_size", str(batch),
            "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",

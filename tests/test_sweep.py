@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import release_together
+from conftest import release_together, store_client
 from mlflow.tracking import MlflowClient
 
 from robust_ft import sweep, sweep_parent
@@ -200,8 +200,7 @@ def _mid_cell(client) -> bool:
 def test_killed_sweep_resumes_without_repeating_or_dropping_cells(workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    client = MlflowClient(uri)
-    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
+    client = store_client(uri)
     log = open(workdir / "sweep.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "robust_ft", "sweep", *TINY],
@@ -287,8 +286,7 @@ def test_a_second_machines_command_joins_the_running_sweep(workdir, caplog):
            "PYTHONPATH": f"{tests}:{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
     args = [*TINY, "--synthetic-size", "640,64", "--storage", f"sqlite:///{workdir / 'q.db'}",
             *SLOW]  # fmt: skip
-    client = MlflowClient()
-    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
+    client = store_client()
     first = subprocess.Popen([sys.executable, "-m", "robust_ft", "sweep", *args], cwd=workdir,
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.time() + 600
@@ -318,8 +316,7 @@ def test_a_killed_workers_cell_is_run_again_by_another(workdir):
     cmd = [sys.executable, "-m", "robust_ft", "sweep", *TINY[:-2], "--name", "killed-worker",
            "--workers", "2", "--heartbeat", "2", "--synthetic-size", "640,64",
            *SLOW]  # fmt: skip
-    client = MlflowClient()
-    client.search_experiments()  # the store's tables made before the sweep starts (no lock here)
+    client = store_client()
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline, victim = time.time() + 600, None
     while victim is None and time.time() < deadline and proc.poll() is None:
